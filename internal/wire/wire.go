@@ -86,12 +86,29 @@ var ErrMalformed = errors.New("wire: malformed event")
 // in a fixed order, followed by the event's own headers (sorted by name so
 // the wire form is deterministic). The content type is returned separately
 // by the callers that need it as a property; Kafka carries it as a header.
+//
+// An empty Source is sent as DefaultSource and a Version below 1 is left out
+// (Decode reads both back as their defaults). The sequence is sent only with
+// a key. Attributes does not validate e: an event without a Type, or with a
+// Key and a Sequence below 1, is encoded but refused by Decode.
 func Attributes(e *Event, prefix string) []Header {
+	return attributes(e, prefix, "")
+}
+
+// KafkaHeaders is Attributes with the ce_ prefix plus content-type, right
+// after ce_time, as in the CloudEvents Kafka binding's examples.
+func KafkaHeaders(e *Event) []Header {
+	return attributes(e, KafkaPrefix, e.ContentType)
+}
+
+// attributes builds the header list; contentType, when set, goes after the
+// time attribute under ContentTypeHeader.
+func attributes(e *Event, prefix, contentType string) []Header {
 	src := e.Source
 	if src == "" {
 		src = DefaultSource
 	}
-	h := make([]Header, 0, 12+len(e.Headers))
+	h := make([]Header, 0, 13+len(e.Headers))
 	add := func(name, v string) {
 		if v != "" {
 			h = append(h, Header{prefix + name, v})
@@ -102,6 +119,9 @@ func Attributes(e *Event, prefix string) []Header {
 	add(AttrSource, src)
 	add(AttrType, e.Type)
 	add(AttrTime, e.Time.UTC().Format(time.RFC3339Nano))
+	if contentType != "" {
+		h = append(h, Header{ContentTypeHeader, contentType})
+	}
 	if e.Key != "" {
 		add(AttrPartitionKey, e.Key)
 		add(AttrSequence, strconv.FormatInt(e.Sequence, 10))
@@ -114,18 +134,6 @@ func Attributes(e *Event, prefix string) []Header {
 		add(AttrEventVersion, strconv.Itoa(e.Version))
 	}
 	return append(h, sortedHeaders(e.Headers)...)
-}
-
-// KafkaHeaders is Attributes with the ce_ prefix plus content-type.
-func KafkaHeaders(e *Event) []Header {
-	h := Attributes(e, KafkaPrefix)
-	if e.ContentType != "" {
-		// content-type goes right after the core attributes, as in the spec's examples.
-		h = append(h, Header{})
-		copy(h[6:], h[5:])
-		h[5] = Header{ContentTypeHeader, e.ContentType}
-	}
-	return h
 }
 
 func sortedHeaders(m map[string]string) []Header {
@@ -148,6 +156,11 @@ func sortedHeaders(m map[string]string) []Header {
 // content type may be given by the caller, e.g. from the AMQP property, or
 // found as a content-type header). Headers without the prefix become the
 // event's own headers. Required: specversion 1.0, a UUID id, a type.
+// Defaults: a missing source is DefaultSource, a missing eventversion is 1,
+// a missing time is the zero Time. The time is returned in UTC.
+//
+// Whatever Decode accepts, Attributes/KafkaHeaders encode so that Decode
+// gives the same event back.
 func Decode(prefix string, headers []Header, contentType string, payload []byte) (*Event, error) {
 	e := &Event{Payload: payload, ContentType: contentType}
 	var specVersion, id, seq, ver, tm string
@@ -208,12 +221,15 @@ func Decode(prefix string, headers []Header, contentType string, payload []byte)
 		return nil, fmt.Errorf("%w: %sid %q is not a UUID", ErrMalformed, prefix, id)
 	}
 	e.ID = u
+	if e.Source == "" {
+		e.Source = DefaultSource // as Attributes sends it
+	}
 	if e.Type == "" {
 		return nil, fmt.Errorf("%w: %stype is missing", ErrMalformed, prefix)
 	}
 	if tm != "" {
-		if e.Time, err = time.Parse(time.RFC3339Nano, tm); err != nil {
-			return nil, fmt.Errorf("%w: %stime %q is not RFC 3339", ErrMalformed, prefix, tm)
+		if e.Time, err = parseTime(tm); err != nil {
+			return nil, fmt.Errorf("%w: %stime %q %v", ErrMalformed, prefix, tm, err)
 		}
 	}
 	if seq != "" {
@@ -231,6 +247,29 @@ func Decode(prefix string, headers []Header, contentType string, payload []byte)
 		}
 	}
 	return e, nil
+}
+
+// parseTime reads an RFC 3339 time and returns it in UTC. RFC 3339 allows a
+// lower-case "t" and "z"; Go's parser does not, so they are upper-cased
+// first. A time whose UTC form falls outside years 0000-9999 (possible with
+// an offset: 9999-12-31T23:59:59-01:00) is refused: it has no RFC 3339
+// spelling, so it could be received but not sent on.
+func parseTime(s string) (time.Time, error) {
+	if len(s) > 10 && s[10] == 't' {
+		s = s[:10] + "T" + s[11:]
+	}
+	if strings.HasSuffix(s, "z") {
+		s = s[:len(s)-1] + "Z"
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, errors.New("is not RFC 3339")
+	}
+	t = t.UTC()
+	if y := t.Year(); y < 0 || y > 9999 {
+		return time.Time{}, errors.New("is out of range once in UTC")
+	}
+	return t, nil
 }
 
 func cutPrefixFold(s, prefix string) (string, bool) {
