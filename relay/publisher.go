@@ -61,6 +61,22 @@ type Publisher interface {
 	Close() error
 }
 
+// KeyAtomic is implemented by a Publisher whose failures never split a lane
+// within one Publish call: when a message fails, every later message of the
+// same Topic and Key in that call fails too (Kafka: the records of one
+// partition go in one produce request, appended all or nothing). The relay
+// then puts many events of one key in a batch. For any other Publisher it
+// puts at most one event per key in a batch, so that a failed event can
+// never be overtaken at the broker by a later event of its key.
+type KeyAtomic interface {
+	KeyAtomic() bool
+}
+
+func keyAtomic(p Publisher) bool {
+	ka, ok := p.(KeyAtomic)
+	return ok && ka.KeyAtomic()
+}
+
 // TopicRouter sends each message to the Publisher of its topic, or to
 // Default. It lets one relay publish some topics to Kafka and others to
 // RabbitMQ.
@@ -139,6 +155,19 @@ func (r *TopicRouter) Publish(ctx context.Context, msgs []Message) ([]Result, er
 		return nil, firstErr
 	}
 	return results, nil
+}
+
+// KeyAtomic reports whether every routed publisher is KeyAtomic.
+func (r *TopicRouter) KeyAtomic() bool {
+	if r.Default != nil && !keyAtomic(r.Default) {
+		return false
+	}
+	for _, p := range r.Topics {
+		if !keyAtomic(p) {
+			return false
+		}
+	}
+	return true
 }
 
 // Close closes every distinct publisher once.
