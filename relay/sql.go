@@ -88,14 +88,36 @@ const claimSQL = `SELECT m.id, m.event_id, m.topic, m.key, m.partition, coalesce
  ORDER BY m.id`
 
 // markPublishedSQL marks acknowledged events, fenced. $4 ids, $5 broker acks,
-// $6 publish duration in ms.
-const markPublishedSQL = `WITH ` + fenceCTE + `
-UPDATE {{S}}.messages m
-   SET status = 'published', published_at = now(), published_by = $1, attempts = m.attempts + 1,
-       publish_duration_ms = $6, broker_ack = u.ack
-  FROM unnest($4::bigint[], $5::text[]) AS u(id, ack)
- WHERE m.id = u.id AND m.status = 'pending' AND m.partition IN (SELECT partition FROM fence)
-RETURNING m.id`
+// $6 publish duration in ms. It returns how many rows it marked and whether
+// one of them is the event a blocked lane waits for (a replayed or
+// corrected head: see releaseLanesSQL).
+const markPublishedSQL = `WITH ` + fenceCTE + `, marked AS (
+    UPDATE {{S}}.messages m
+       SET status = 'published', published_at = now(), published_by = $1, attempts = m.attempts + 1,
+           publish_duration_ms = $6, broker_ack = u.ack
+      FROM unnest($4::bigint[], $5::text[]) AS u(id, ack)
+     WHERE m.id = u.id AND m.status = 'pending' AND m.partition IN (SELECT partition FROM fence)
+    RETURNING m.id
+)
+SELECT (SELECT count(*) FROM marked),
+       EXISTS (SELECT 1 FROM {{S}}.lanes l JOIN marked ON l.blocked_by = marked.id
+                WHERE l.blocked_by IS NOT NULL AND l.hold_until = 'infinity')`
+
+// releaseLanesSQL and unblockLanesSQL run in one transaction when the head a
+// blocked lane waited for was published: the lane flows again. Two
+// statements, because the second needs a snapshot taken after the first
+// waited for producers holding the lane lock (their 'blocked' rows).
+const (
+	releaseLanesSQL = `UPDATE {{S}}.lanes
+   SET hold_until = NULL, blocked_by = NULL, blocked_since = NULL
+ WHERE blocked_by = ANY($1::bigint[]) AND blocked_by IS NOT NULL AND hold_until = 'infinity'
+RETURNING topic, key`
+
+	unblockLanesSQL = `UPDATE {{S}}.messages m
+   SET status = 'pending', available_at = now()
+  FROM unnest($1::text[], $2::text[]) AS l(topic, key)
+ WHERE m.key = l.key AND m.topic = l.topic AND m.key <> '' AND m.status = 'blocked'`
+)
 
 // fenceSQL is the fence alone, run first in the transaction that records
 // failures: the FOR SHARE locks then hold until commit.
@@ -128,7 +150,7 @@ const (
 	// (messages_lane_idx).
 	deferLaneSQL = `UPDATE {{S}}.messages
    SET available_at = greatest(available_at, now() + $4::interval)
- WHERE key = $2 AND topic = $1 AND sequence > $3 AND status = 'pending'`
+ WHERE key = $2 AND topic = $1 AND key <> '' AND sequence > $3 AND status = 'pending'`
 
 	// blockLaneSQL: the lane's head is parked and the topic's policy is
 	// "block": the lane stops until an operator releases it. Producers read
@@ -139,7 +161,7 @@ const (
 
 	blockLaterSQL = `UPDATE {{S}}.messages
    SET status = 'blocked'
- WHERE key = $2 AND topic = $1 AND sequence > $3 AND status = 'pending'`
+ WHERE key = $2 AND topic = $1 AND key <> '' AND sequence > $3 AND status = 'pending'`
 
 	// releaseLaneSQL: the parked event's topic policy is "skip": later events
 	// go on as if the lane had never been held.
@@ -149,7 +171,7 @@ const (
 
 	releaseLaterSQL = `UPDATE {{S}}.messages
    SET available_at = now()
- WHERE key = $2 AND topic = $1 AND sequence > $3 AND status = 'pending' AND available_at > now()`
+ WHERE key = $2 AND topic = $1 AND key <> '' AND sequence > $3 AND status = 'pending' AND available_at > now()`
 
 	attemptSQL = `INSERT INTO {{S}}.attempts (message_id, event_id, attempt, started_at, duration_ms, relay_id,
     error_class, error, outcome)
@@ -216,6 +238,7 @@ type statements struct {
 	heartbeat, unregister, setIdle                   string
 	acquire, renew, release, topicPolicies           string
 	claim, markPublished, fence                      string
+	releaseLanes, unblockLanes                       string
 	retry, park, holdLane, deferLane                 string
 	blockLane, blockLater, releaseLane, releaseLater string
 	attempt, auditPark                               string
@@ -228,6 +251,7 @@ func renderStatements(schemaIdent string) statements {
 		heartbeat: r(heartbeatSQL), unregister: r(unregisterSQL), setIdle: r(setIdleSQL),
 		acquire: r(acquireSQL), renew: r(renewSQL), release: r(releaseSQL), topicPolicies: r(topicPoliciesSQL),
 		claim: r(claimSQL), markPublished: r(markPublishedSQL), fence: r(fenceSQL),
+		releaseLanes: r(releaseLanesSQL), unblockLanes: r(unblockLanesSQL),
 		retry: r(retrySQL), park: r(parkSQL), holdLane: r(holdLaneSQL), deferLane: r(deferLaneSQL),
 		blockLane: r(blockLaneSQL), blockLater: r(blockLaterSQL), releaseLane: r(releaseLaneSQL), releaseLater: r(releaseLaterSQL),
 		attempt: r(attemptSQL), auditPark: r(auditParkSQL),

@@ -130,6 +130,38 @@ func (w *worker) round(ctx context.Context, parts []int32, tokens []int64) (int,
 	return len(msgs), w.record(flight, parts, tokens, msgs, results, batchErr, started, elapsed)
 }
 
+// releaseLanes lets lanes flow again whose blocking head was just
+// published (an operator replayed or corrected it).
+func (w *worker) releaseLanes(ctx context.Context, published []int64) error {
+	r := w.r
+	tx, err := r.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
+	rows, err := tx.Query(ctx, r.sql.releaseLanes, published)
+	if err != nil {
+		return err
+	}
+	var topics, keys []string
+	var topic, key string
+	if _, err := pgx.ForEachRow(rows, []any{&topic, &key}, func() error {
+		topics, keys = append(topics, topic), append(keys, key)
+		return nil
+	}); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, r.sql.unblockLanes, topics, keys); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return err
+	}
+	r.log.Info("relay: blocked lanes released after their head was published", slog.Int("lanes", len(topics)))
+	r.wakeAll()
+	return nil
+}
+
 // firstOfEachLane keeps keyless events and the first event of each lane:
 // the others stay pending for the next round.
 func firstOfEachLane(msgs []Message) []Message {
@@ -275,11 +307,18 @@ func (w *worker) record(ctx context.Context, parts []int32, tokens []int64, msgs
 	}
 	if len(ackIDs) > 0 {
 		r.outageOver()
-		tag, err := r.pool.Exec(ctx, r.sql.markPublished, r.cfg.RelayID, parts, tokens, ackIDs, acks, elapsed.Milliseconds())
-		if err != nil {
+		var n int64
+		var headPublished bool
+		if err := r.pool.QueryRow(ctx, r.sql.markPublished, r.cfg.RelayID, parts, tokens, ackIDs, acks,
+			elapsed.Milliseconds()).Scan(&n, &headPublished); err != nil {
 			return fmt.Errorf("mark published: %w", err)
 		}
-		if n := tag.RowsAffected(); n < int64(len(ackIDs)) {
+		if headPublished {
+			if err := w.releaseLanes(ctx, ackIDs); err != nil {
+				return fmt.Errorf("release lanes: %w", err)
+			}
+		}
+		if n < int64(len(ackIDs)) {
 			r.log.Warn("relay: lease lost before marking; the events stay pending and the new owner publishes them again (duplicates, never losses)",
 				slog.Int("acknowledged", len(ackIDs)), slog.Int64("marked", n))
 		}

@@ -135,8 +135,10 @@ COMMENT ON COLUMN {{.Outbox}}.messages.parked_at IS 'When the event was parked.'
 -- published history never slows the claim down.
 CREATE INDEX messages_pending_idx ON {{.Outbox}}.messages (partition, id) WHERE status = 'pending';
 -- Lane lookups (trace by key, lane release, backoff of later events) and a
--- hard guarantee that a lane never holds two events with one sequence number.
-CREATE UNIQUE INDEX messages_lane_idx ON {{.Outbox}}.messages (key, topic, sequence) WHERE key <> '';
+-- hard guarantee that a lane never holds two live events with one sequence
+-- number. A dropped event leaves the index: "dlq edit" drops the original and
+-- gives its corrected copy the same place in the lane.
+CREATE UNIQUE INDEX messages_lane_idx ON {{.Outbox}}.messages (key, topic, sequence) WHERE key <> '' AND status <> 'dropped';
 CREATE INDEX messages_parked_idx ON {{.Outbox}}.messages (topic, id) WHERE status = 'parked';
 CREATE INDEX messages_blocked_idx ON {{.Outbox}}.messages (topic, id) WHERE status = 'blocked';
 -- Time-range scans (replay, DBA queries). BRIN: tiny and nearly free to maintain.
@@ -195,6 +197,9 @@ CREATE TABLE {{.Outbox}}.lanes (
     CONSTRAINT lanes_key_not_empty CHECK (key <> ''),
     CONSTRAINT lanes_sequence_positive CHECK (last_sequence > 0)
 );
+-- The relay releases a blocked lane when the event it waits for (a replayed
+-- or corrected head) is published: a probe of this small index per batch.
+CREATE INDEX lanes_blocked_by_idx ON {{.Outbox}}.lanes (blocked_by) WHERE blocked_by IS NOT NULL;
 COMMENT ON TABLE {{.Outbox}}.lanes IS 'One row per (topic, key) ordering lane. Enqueue takes the next sequence number under this row''s lock, so two transactions enqueueing for one key are serialised and sequence order equals commit order. Also records why a lane is held back.';
 COMMENT ON COLUMN {{.Outbox}}.lanes.topic IS 'Topic of the lane.';
 COMMENT ON COLUMN {{.Outbox}}.lanes.key IS 'Ordering key of the lane.';
