@@ -33,7 +33,9 @@ func classify(topic string, err error) error {
 		case kafkago.InvalidMessage, kafkago.InvalidRecord, kafkago.UnsupportedForMessageFormat:
 			return relay.Classify(relay.ClassPoisonFormat, fmt.Errorf("kafka topic %q refused the message as invalid: %w", topic, err))
 		case kafkago.TopicAuthorizationFailed, kafkago.ClusterAuthorizationFailed, kafkago.TransactionalIDAuthorizationFailed:
-			return relay.Classify(relay.ClassPermanent,
+			// A missing ACL is a configuration fault, not the events': wait
+			// for the grant without burning attempts or parking the topic.
+			return relay.Classify(relay.ClassDependencyOutage,
 				fmt.Errorf("kafka refused writes to topic %q: grant the relay's principal WRITE on it: %w", topic, err))
 		case kafkago.SASLAuthenticationFailed, kafkago.UnsupportedSASLMechanism, kafkago.IllegalSASLState:
 			// Credentials fail for every message alike: back off and wait

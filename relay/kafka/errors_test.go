@@ -29,8 +29,8 @@ func TestClassify(t *testing.T) {
 		{kafkago.RecordListTooLarge, relay.ClassPoisonFormat},
 		{kafkago.InvalidMessage, relay.ClassPoisonFormat}, // CORRUPT_MESSAGE
 		{kafkago.InvalidRecord, relay.ClassPoisonFormat},
-		{kafkago.TopicAuthorizationFailed, relay.ClassPermanent},
-		{kafkago.ClusterAuthorizationFailed, relay.ClassPermanent},
+		{kafkago.TopicAuthorizationFailed, relay.ClassDependencyOutage},
+		{kafkago.ClusterAuthorizationFailed, relay.ClassDependencyOutage},
 		{kafkago.SASLAuthenticationFailed, relay.ClassDependencyOutage},
 		{kafkago.LeaderNotAvailable, relay.ClassTransient},
 		{kafkago.NotLeaderForPartition, relay.ClassTransient},

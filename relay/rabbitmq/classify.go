@@ -11,9 +11,9 @@ import (
 // whose confirms were lost with it.
 //
 // A channel exception fails every unconfirmed message of the channel, and
-// the broker does not say which one caused it. So a code is permanent or
-// unroutable only when it concerns the target that all of them share (the
-// exchange, the user's permissions); codes caused by one message's content
+// the broker does not say which one caused it. So a code is unroutable only
+// when it concerns the target that all of them share (the exchange); a
+// refused permission waits as an outage; codes caused by one message's content
 // (406, 311) are transient: the culprit keeps failing and is parked after
 // its attempts, the others go through on retry. Connection-level codes mean
 // the broker is unavailable for everything.
@@ -22,7 +22,9 @@ func replyClass(code int) relay.ErrorClass {
 	case amqp.NoRoute, amqp.NoConsumers, amqp.NotFound:
 		return relay.ClassUnroutable
 	case amqp.AccessRefused:
-		return relay.ClassPermanent
+		// A permission mistake would otherwise park the whole backlog:
+		// nothing is wrong with the events, so wait for the fix.
+		return relay.ClassDependencyOutage
 	case amqp.ContentTooLarge, amqp.ResourceLocked, amqp.PreconditionFailed:
 		return relay.ClassTransient
 	case 200, // reply-success: closed on purpose, by us or an operator

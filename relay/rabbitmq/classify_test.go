@@ -19,7 +19,7 @@ func TestReplyClass(t *testing.T) {
 		{amqp.NoRoute, relay.ClassUnroutable},
 		{amqp.NoConsumers, relay.ClassUnroutable},
 		{amqp.NotFound, relay.ClassUnroutable},
-		{amqp.AccessRefused, relay.ClassPermanent},
+		{amqp.AccessRefused, relay.ClassDependencyOutage},
 		{amqp.ContentTooLarge, relay.ClassTransient},
 		{amqp.ResourceLocked, relay.ClassTransient},
 		{amqp.PreconditionFailed, relay.ClassTransient},
