@@ -37,6 +37,8 @@ type command struct {
 func commands() map[string]command {
 	return map[string]command{
 		"migrate": {"install, upgrade or inspect the outboxkit tables", runMigrate},
+		"relay":   {"publish committed events to Kafka and/or RabbitMQ", runRelay},
+		"demo":    {"see the whole flow in a minute: produce, relay to an embedded Kafka, consume", runDemo},
 	}
 }
 
