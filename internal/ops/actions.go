@@ -1,0 +1,302 @@
+package ops
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// Action is who does something and why. Both are required and audited.
+type Action struct {
+	Actor  string
+	Reason string
+}
+
+func (a Action) check() error {
+	if a.Actor == "" {
+		return ErrNoActor
+	}
+	if a.Reason == "" {
+		return ErrNoReason
+	}
+	return nil
+}
+
+// Outcome of an action on one event.
+type Outcome struct {
+	Ref    Ref    `json:"ref"`
+	Result string `json:"result"` // "replayed", "dropped", "restored", "edited", "skipped", "would replay"...
+	NewRef *Ref   `json:"new_ref,omitempty"`
+	Note   string `json:"note,omitempty"`
+}
+
+// inTx runs fn in a transaction.
+func (s *Store) inTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	return pgx.BeginFunc(ctx, s.pool, fn)
+}
+
+// locked is an outbox row as it was before an action.
+type locked struct {
+	before   json.RawMessage
+	status   string
+	topic    string
+	key      string
+	sequence int64
+	eventID  uuid.UUID
+}
+
+func (s *Store) lock(ctx context.Context, tx pgx.Tx, ref Ref) (*locked, error) {
+	if ref.Kind != KindOutbox {
+		return nil, fmt.Errorf("%s: inbox dead letters are replayed by their consumer: %w", ref, ErrWrongStatus)
+	}
+	l := &locked{}
+	err := tx.QueryRow(ctx, s.sql.lockMessage, ref.ID).Scan(&l.before, &l.status, &l.topic, &l.key, &l.sequence, &l.eventID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("%s: %w", ref, ErrNotFound)
+	}
+	return l, err
+}
+
+func (s *Store) audit(ctx context.Context, tx pgx.Tx, a Action, action string, ids []string, before, after json.RawMessage, details any) error {
+	var det []byte
+	if details != nil {
+		var err error
+		if det, err = json.Marshal(details); err != nil {
+			return err
+		}
+	}
+	_, err := tx.Exec(ctx, s.sql.audit, a.Actor, action, "outbox_message", ids, a.Reason, before, after, det)
+	return err
+}
+
+// Replay puts a parked outbox event back to pending with a fresh attempt
+// budget. A lane it blocks stays blocked until the relay has published it,
+// so the lane's later events still follow it.
+func (s *Store) Replay(ctx context.Context, a Action, ref Ref) (Outcome, error) {
+	if err := a.check(); err != nil {
+		return Outcome{}, err
+	}
+	out := Outcome{Ref: ref, Result: "replayed"}
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		l, err := s.lock(ctx, tx, ref)
+		if err != nil {
+			return err
+		}
+		if l.status != "parked" {
+			return fmt.Errorf("%s is %s, only parked events are replayed: %w", ref, l.status, ErrWrongStatus)
+		}
+		var after json.RawMessage
+		if err := tx.QueryRow(ctx, s.sql.replayMessage, ref.ID).Scan(&after); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, a, "replay", []string{l.eventID.String()}, l.before, after, map[string]any{"ref": ref.String()})
+	})
+	return out, err
+}
+
+// Drop soft-deletes a parked or blocked outbox event: it stays in the table
+// with status dropped and is never published; Restore undoes it. If it was
+// the event its lane waited for, the lane flows again (the head is skipped).
+func (s *Store) Drop(ctx context.Context, a Action, ref Ref) (Outcome, error) {
+	if err := a.check(); err != nil {
+		return Outcome{}, err
+	}
+	out := Outcome{Ref: ref, Result: "dropped"}
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		l, err := s.lock(ctx, tx, ref)
+		if err != nil {
+			return err
+		}
+		if l.status != "parked" && l.status != "blocked" {
+			return fmt.Errorf("%s is %s, only parked or blocked events are dropped: %w", ref, l.status, ErrWrongStatus)
+		}
+		var after json.RawMessage
+		if err := tx.QueryRow(ctx, s.sql.dropMessage, ref.ID).Scan(&after); err != nil {
+			return err
+		}
+		released, err := s.releaseIfHead(ctx, tx, l, ref.ID)
+		if err != nil {
+			return err
+		}
+		if released {
+			out.Note = "its key was blocked by it: the key's later events flow again"
+		}
+		return s.audit(ctx, tx, a, "drop", []string{l.eventID.String()}, l.before, after,
+			map[string]any{"ref": ref.String(), "lane_released": released})
+	})
+	return out, err
+}
+
+// releaseIfHead lets the lane of l flow again if it is blocked by row id.
+func (s *Store) releaseIfHead(ctx context.Context, tx pgx.Tx, l *locked, id int64) (bool, error) {
+	if l.key == "" {
+		return false, nil
+	}
+	var blocked bool
+	var head int64
+	err := tx.QueryRow(ctx, s.sql.laneHead, l.topic, l.key).Scan(&blocked, &head)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && (!blocked || head != id)) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return true, s.releaseLane(ctx, tx, l.topic, l.key)
+}
+
+func (s *Store) releaseLane(ctx context.Context, tx pgx.Tx, topic, key string) error {
+	if _, err := tx.Exec(ctx, s.sql.releaseLaneOf, topic, key); err != nil {
+		return err
+	}
+	_, err := tx.Exec(ctx, s.sql.unblockLane, topic, key)
+	return err
+}
+
+// Restore undoes a Drop: the event gets back the status it had before.
+// Its lane is not blocked again (its later events may have gone out).
+func (s *Store) Restore(ctx context.Context, a Action, ref Ref) (Outcome, error) {
+	if err := a.check(); err != nil {
+		return Outcome{}, err
+	}
+	out := Outcome{Ref: ref, Result: "restored"}
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		l, err := s.lock(ctx, tx, ref)
+		if err != nil {
+			return err
+		}
+		if l.status != "dropped" {
+			return fmt.Errorf("%s is %s, only dropped events are restored: %w", ref, l.status, ErrWrongStatus)
+		}
+		prev := "parked"
+		if err := tx.QueryRow(ctx, s.sql.lastDrop, l.eventID.String()).Scan(&prev); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		if prev == "blocked" {
+			// A blocked event waits for its head; once restored it waits as
+			// parked, for an operator to replay it in order.
+			prev = "parked"
+		}
+		var after json.RawMessage
+		if err := tx.QueryRow(ctx, s.sql.restoreMessage, ref.ID, prev).Scan(&after); err != nil {
+			if errors.Is(err, pgx.ErrNoRows) {
+				return fmt.Errorf("%s: %w", ref, ErrWrongStatus)
+			}
+			return err
+		}
+		return s.audit(ctx, tx, a, "restore", []string{l.eventID.String()}, l.before, after, map[string]any{"ref": ref.String()})
+	})
+	return out, err
+}
+
+// Edit stores a corrected payload as a new event linked to the original:
+// the copy gets a new event id, causation_id = the original's event id and
+// the header outboxkit-edit-of, and takes the original's place in its lane
+// (same sequence). The original row is kept with its payload untouched and
+// its status set to dropped, so it is never published. A lane that waited
+// for the original now waits for the copy.
+func (s *Store) Edit(ctx context.Context, a Action, ref Ref, payload []byte, contentType string) (Outcome, error) {
+	if err := a.check(); err != nil {
+		return Outcome{}, err
+	}
+	out := Outcome{Ref: ref, Result: "edited"}
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		l, err := s.lock(ctx, tx, ref)
+		if err != nil {
+			return err
+		}
+		if l.status != "parked" {
+			return fmt.Errorf("%s is %s, only parked events are edited: %w", ref, l.status, ErrWrongStatus)
+		}
+		var dropped json.RawMessage
+		if err := tx.QueryRow(ctx, s.sql.dropMessage, ref.ID).Scan(&dropped); err != nil {
+			return err
+		}
+		newEventID, err := uuid.NewV7()
+		if err != nil {
+			return err
+		}
+		var newID int64
+		var after json.RawMessage
+		if err := tx.QueryRow(ctx, s.sql.copyEdited, ref.ID, payload, newEventID, nullStr(contentType)).Scan(&newID, &after); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, s.sql.retargetLane, ref.ID, newID); err != nil {
+			return err
+		}
+		out.NewRef = &Ref{KindOutbox, newID}
+		return s.audit(ctx, tx, a, "edit", []string{l.eventID.String(), newEventID.String()}, l.before, after,
+			map[string]any{"ref": ref.String(), "new_ref": out.NewRef.String(), "original_status": "dropped"})
+	})
+	return out, err
+}
+
+// RedriveOptions control a bulk redrive.
+type RedriveOptions struct {
+	DryRun   bool
+	PerSec   float64                                    // rate limit; 0 means 50 per second
+	Progress func(done, total int)                      // called after each event
+	Sleep    func(context.Context, time.Duration) error // for tests; default sleeps
+}
+
+// Redrive replays every parked outbox event matching f, in key order,
+// rate-limited. A dry run changes nothing and says what would happen.
+func (s *Store) Redrive(ctx context.Context, a Action, f Filter, opt RedriveOptions) ([]Outcome, error) {
+	if err := a.check(); err != nil {
+		return nil, err
+	}
+	f.Kind, f.Dropped = KindOutbox, false
+	if f.Limit <= 0 {
+		f.Limit = 10000
+	}
+	items, err := s.List(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	if opt.PerSec <= 0 {
+		opt.PerSec = 50
+	}
+	sleep := opt.Sleep
+	if sleep == nil {
+		sleep = func(ctx context.Context, d time.Duration) error {
+			t := time.NewTimer(d)
+			defer t.Stop()
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-t.C:
+				return nil
+			}
+		}
+	}
+	gap := time.Duration(float64(time.Second) / opt.PerSec)
+	var outs []Outcome
+	for i, it := range items {
+		if opt.DryRun {
+			note := fmt.Sprintf("%s %s key %q #%d, %s: %s", it.Type, it.EventID, it.Key, it.Sequence, it.ErrorClass, it.Error)
+			if it.Waiting > 0 {
+				note += fmt.Sprintf(" (%d later events of the key follow it)", it.Waiting)
+			}
+			outs = append(outs, Outcome{Ref: it.Ref, Result: "would replay", Note: note})
+			continue
+		}
+		if i > 0 {
+			if err := sleep(ctx, gap); err != nil {
+				return outs, err
+			}
+		}
+		o, err := s.Replay(ctx, a, it.Ref)
+		if err != nil {
+			o = Outcome{Ref: it.Ref, Result: "failed", Note: err.Error()}
+		}
+		outs = append(outs, o)
+		if opt.Progress != nil {
+			opt.Progress(i+1, len(items))
+		}
+	}
+	return outs, nil
+}

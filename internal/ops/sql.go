@@ -1,0 +1,227 @@
+package ops
+
+import "strings"
+
+// Every statement of the operator tools. {{O}} is the quoted outbox schema,
+// {{I}} the quoted inbox schema; values are bind parameters.
+
+// listParkedSQL lists parked and dropped outbox events matching a filter.
+// Filters are optional: a NULL parameter matches everything.
+const listParkedSQL = `SELECT m.id, m.event_id, m.topic, m.key, coalesce(m.sequence, 0), m.type, m.version, m.status,
+       m.attempts, coalesce(m.last_error_class, ''), coalesce(m.last_error, ''), coalesce(m.correlation_id, ''),
+       m.created_at, m.parked_at, length(m.payload),
+       (SELECT count(*) FROM {{O}}.messages b
+         WHERE b.key = m.key AND b.topic = m.topic AND b.key <> '' AND b.status = 'blocked') AS waiting
+  FROM {{O}}.messages m
+ WHERE m.status = ANY($1::text[])
+   AND ($2::text IS NULL OR m.topic = $2)
+   AND ($3::text IS NULL OR m.key = $3)
+   AND ($4::text IS NULL OR m.last_error_class = $4)
+   AND ($5::text IS NULL OR m.last_error ILIKE '%' || $5 || '%')
+   AND ($6::timestamptz IS NULL OR m.created_at >= $6)
+   AND ($7::timestamptz IS NULL OR m.created_at < $7)
+ ORDER BY m.topic, m.key, m.sequence NULLS LAST, m.id
+ LIMIT $8`
+
+const listDeadLettersSQL = `SELECT d.id, coalesce(d.event_id::text, ''), d.topic, d.key, coalesce(d.sequence, 0), coalesce(d.type, ''),
+       coalesce(d.version, 0), d.status, d.attempts, d.error_class, d.error, coalesce(d.correlation_id, ''),
+       d.consumer, d.consumer_version, d.first_failed_at, d.last_failed_at, length(d.payload)
+  FROM {{I}}.dead_letters d
+ WHERE d.status = ANY($1::text[])
+   AND ($2::text IS NULL OR d.topic = $2)
+   AND ($3::text IS NULL OR d.key = $3)
+   AND ($4::text IS NULL OR d.error_class = $4)
+   AND ($5::text IS NULL OR d.error ILIKE '%' || $5 || '%')
+   AND ($6::timestamptz IS NULL OR d.first_failed_at >= $6)
+   AND ($7::timestamptz IS NULL OR d.first_failed_at < $7)
+   AND ($8::text IS NULL OR d.consumer = $8)
+ ORDER BY d.consumer, d.topic, d.key, d.sequence NULLS LAST, d.id
+ LIMIT $9`
+
+// showMessageSQL reads one outbox event by row id, every column.
+const showMessageSQL = `SELECT m.id, m.event_id, m.topic, m.key, coalesce(m.sequence, 0), m.partition, m.type, m.version,
+       m.payload, m.content_type, m.headers, coalesce(m.correlation_id, ''), coalesce(m.causation_id, ''),
+       coalesce(m.traceparent, ''), coalesce(m.source, ''), m.status, m.attempts, m.available_at, m.created_at,
+       m.published_at, coalesce(m.published_by, ''), coalesce(m.broker_ack, ''), coalesce(m.last_error, ''),
+       coalesce(m.last_error_class, ''), m.parked_at
+  FROM {{O}}.messages m WHERE m.id = $1`
+
+const messageIDByEventSQL = `SELECT id FROM {{O}}.messages WHERE event_id = $1`
+
+const attemptsSQL = `SELECT attempt, started_at, coalesce(duration_ms, 0), coalesce(relay_id, ''), outcome,
+       coalesce(error_class, ''), coalesce(error, ''), coalesce(broker_ack, '')
+  FROM {{O}}.attempt_history WHERE message_id = $1 ORDER BY started_at, attempt`
+
+const showDeadLetterSQL = `SELECT d.id, coalesce(d.event_id::text, ''), d.topic, d.key, coalesce(d.sequence, 0), coalesce(d.type, ''),
+       coalesce(d.version, 0), d.payload, d.headers, coalesce(d.content_type, ''), coalesce(d.correlation_id, ''),
+       d.status, d.attempts, d.error_class, d.error, d.consumer, d.consumer_version, d.first_failed_at, d.last_failed_at,
+       d.blocked_by, d.source
+  FROM {{I}}.dead_letters d WHERE d.id = $1`
+
+const deadLetterAttemptsSQL = `SELECT attempt, started_at, duration_ms, '', outcome, error_class, error, ''
+  FROM {{I}}.attempts WHERE dead_letter_id = $1 OR (event_id = $2 AND consumer = $3) ORDER BY started_at, attempt`
+
+// Outbox actions. Each runs in the transaction that writes its audit entry.
+// lockMessageSQL reads the row as it is before the action (the audit's
+// "before") and locks it against a concurrent relay or operator.
+const (
+	lockMessageSQL = `SELECT to_jsonb(m) - 'payload' || jsonb_build_object('payload_bytes', length(m.payload)), m.status,
+       m.topic, m.key, coalesce(m.sequence, 0), m.event_id
+  FROM {{O}}.messages m WHERE m.id = $1 FOR UPDATE`
+
+	// replayMessageSQL puts a parked event back to pending with a fresh
+	// attempt budget. If its lane is blocked by it, the lane stays blocked
+	// until the relay publishes it, then flows (relay: releaseLanesSQL).
+	replayMessageSQL = `UPDATE {{O}}.messages
+   SET status = 'pending', attempts = 0, available_at = now(), parked_at = NULL
+ WHERE id = $1 AND status = 'parked'
+RETURNING to_jsonb(messages) - 'payload'`
+
+	// dropMessageSQL is a soft delete: the row stays, with every column.
+	dropMessageSQL = `UPDATE {{O}}.messages SET status = 'dropped'
+ WHERE id = $1 AND status IN ('parked', 'blocked')
+RETURNING to_jsonb(messages) - 'payload'`
+
+	// restoreMessageSQL undoes a drop: the status the audit log recorded
+	// before the drop comes back; nothing else changed.
+	restoreMessageSQL = `UPDATE {{O}}.messages SET status = $2
+ WHERE id = $1 AND status = 'dropped'
+RETURNING to_jsonb(messages) - 'payload'`
+
+	lastDropSQL = `SELECT before->>'status' FROM {{O}}.audit_log
+ WHERE action = 'drop' AND target_kind = 'outbox_message' AND target_ids = ARRAY[$1::text]
+ ORDER BY id DESC LIMIT 1`
+
+	// copyEditedSQL inserts the corrected copy of event $1 with payload $2
+	// and a new event id $3, in the original's place in its lane (same
+	// sequence: the original is dropped first, which takes it out of
+	// messages_lane_idx).
+	copyEditedSQL = `INSERT INTO {{O}}.messages (event_id, topic, key, partition, sequence, type, version, payload,
+    content_type, headers, correlation_id, causation_id, traceparent, tracestate, source, status, available_at)
+SELECT $3, topic, key, partition, sequence, type, version, $2, coalesce($4, content_type),
+       headers || jsonb_build_object('outboxkit-edit-of', event_id::text), correlation_id, event_id::text,
+       traceparent, tracestate, source, 'pending', now()
+  FROM {{O}}.messages WHERE id = $1
+RETURNING id, to_jsonb(messages) - 'payload'`
+
+	// retargetLaneSQL: a lane blocked by the original now waits for its
+	// corrected copy.
+	retargetLaneSQL = `UPDATE {{O}}.lanes SET blocked_by = $2
+ WHERE blocked_by = $1 AND blocked_by IS NOT NULL AND hold_until = 'infinity'`
+
+	// releaseLaneOfSQL lets a lane blocked by event $1 flow again; the next
+	// statement (new snapshot) unblocks its waiting events.
+	releaseLaneOfSQL = `UPDATE {{O}}.lanes SET hold_until = NULL, blocked_by = NULL, blocked_since = NULL
+ WHERE topic = $1 AND key = $2
+RETURNING blocked_by`
+
+	unblockLaneSQL = `UPDATE {{O}}.messages SET status = 'pending', available_at = now()
+ WHERE key = $2 AND topic = $1 AND key <> '' AND status = 'blocked'`
+
+	// blockLaneAgainSQL: a restored head blocks its lane again if events of
+	// the lane are still waiting.
+	laneHeadSQL = `SELECT l.hold_until = 'infinity', coalesce(l.blocked_by, 0) FROM {{O}}.lanes l WHERE l.topic = $1 AND l.key = $2`
+
+	auditSQL = `INSERT INTO {{O}}.audit_log (actor, action, target_kind, target_ids, reason, before, after, details)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`
+)
+
+// Lanes.
+const listLanesSQL = `SELECT l.topic, l.key, coalesce(l.blocked_by, 0), coalesce(b.event_id::text, ''),
+       coalesce(b.status, ''), coalesce(b.last_error_class, ''), coalesce(b.last_error, ''), l.blocked_since,
+       CASE WHEN l.hold_until = 'infinity' THEN NULL ELSE l.hold_until END,
+       (SELECT count(*) FROM {{O}}.messages w
+         WHERE w.key = l.key AND w.topic = l.topic AND w.key <> '' AND w.status IN ('blocked', 'pending')
+           AND w.id <> coalesce(l.blocked_by, 0)) AS waiting
+  FROM {{O}}.lanes l
+  LEFT JOIN {{O}}.messages b ON b.id = l.blocked_by
+ WHERE l.hold_until > now()
+   AND ($1::text IS NULL OR l.topic = $1)
+   AND ($2::text IS NULL OR l.key = $2)
+ ORDER BY l.blocked_since NULLS LAST, l.topic, l.key
+ LIMIT $3`
+
+// Stats.
+const (
+	statsBacklogSQL = `SELECT topic, status, events, oldest_created_at, extract(epoch FROM oldest_age)::float8
+  FROM {{O}}.backlog ORDER BY topic, status`
+
+	statsRateSQL = `SELECT count(*) FILTER (WHERE published_at > now() - interval '1 minute'),
+       count(*) FILTER (WHERE published_at > now() - interval '15 minutes')
+  FROM {{O}}.messages WHERE status = 'published' AND published_at > now() - interval '15 minutes'`
+
+	statsPartitionsSQL = `SELECT p.partition, coalesce(p.owner, ''), p.lease_until, coalesce(p.lease_until < now(), false),
+       (SELECT count(*) FROM {{O}}.messages m WHERE m.partition = p.partition AND m.status = 'pending')
+  FROM {{O}}.partitions p ORDER BY p.partition`
+
+	statsRelaysSQL = `SELECT relay_id, hostname, pid, version, started_at, heartbeat_at, alive_until > now(), idle
+  FROM {{O}}.relays ORDER BY relay_id`
+
+	statsDeadLettersSQL = `SELECT consumer, status, count(*) FROM {{I}}.dead_letters
+ WHERE status IN ('parked', 'blocked') GROUP BY consumer, status ORDER BY consumer, status`
+)
+
+// Trace: one key's (or event's, or correlation's) story.
+const (
+	traceMessagesSQL = `SELECT m.id, m.event_id, m.topic, m.key, coalesce(m.sequence, 0), m.type, m.status, m.attempts,
+       m.created_at, m.published_at, coalesce(m.broker_ack, ''), coalesce(m.last_error_class, ''),
+       coalesce(m.last_error, ''), coalesce(m.correlation_id, '')
+  FROM {{O}}.messages m
+ WHERE ($1::text IS NULL OR (m.key = $1 AND m.key <> ''))
+   AND ($2::uuid IS NULL OR m.event_id = $2)
+   AND ($3::text IS NULL OR m.correlation_id = $3)
+ ORDER BY m.id
+ LIMIT $4`
+
+	traceAttemptsSQL = `SELECT message_id, attempt, started_at, outcome, coalesce(error_class, ''), coalesce(error, ''),
+       coalesce(relay_id, ''), coalesce(broker_ack, '')
+  FROM {{O}}.attempt_history WHERE message_id = ANY($1::bigint[]) ORDER BY started_at`
+
+	traceProcessedSQL = `SELECT consumer, event_id, processed_at FROM {{I}}.processed
+ WHERE event_id = ANY($1::uuid[]) ORDER BY processed_at`
+
+	traceDeadLettersSQL = `SELECT id, consumer, coalesce(event_id::text, ''), status, error_class, error, first_failed_at, last_failed_at
+  FROM {{I}}.dead_letters
+ WHERE event_id = ANY($1::uuid[]) OR ($2::text IS NOT NULL AND key = $2)
+ ORDER BY first_failed_at`
+
+	traceAuditSQL = `SELECT at, actor, action, target_kind, target_ids, reason FROM {{O}}.audit_log
+ WHERE target_ids && $1::text[] ORDER BY id`
+)
+
+const listAuditSQL = `SELECT id, at, actor, action, target_kind, target_ids, reason, before, after, details
+  FROM {{O}}.audit_log
+ WHERE ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR action = $2)
+   AND ($3::timestamptz IS NULL OR at >= $3)
+ ORDER BY id DESC LIMIT $4`
+
+type statements struct {
+	listParked, listDeadLetters, showMessage, messageIDByEvent, attempts string
+	showDeadLetter, deadLetterAttempts                                   string
+	lockMessage, replayMessage, dropMessage, restoreMessage, lastDrop    string
+	copyEdited, retargetLane, releaseLaneOf, unblockLane, laneHead       string
+	audit, listLanes                                                     string
+	statsBacklog, statsRate, statsPartitions, statsRelays                string
+	statsDeadLetters                                                     string
+	traceMessages, traceAttempts, traceProcessed, traceDeadLetters       string
+	traceAudit, listAudit                                                string
+}
+
+func renderStatements(outboxIdent, inboxIdent string) statements {
+	rep := strings.NewReplacer("{{O}}", outboxIdent, "{{I}}", inboxIdent)
+	r := rep.Replace
+	return statements{
+		listParked: r(listParkedSQL), listDeadLetters: r(listDeadLettersSQL), showMessage: r(showMessageSQL),
+		messageIDByEvent: r(messageIDByEventSQL), attempts: r(attemptsSQL),
+		showDeadLetter: r(showDeadLetterSQL), deadLetterAttempts: r(deadLetterAttemptsSQL),
+		lockMessage: r(lockMessageSQL), replayMessage: r(replayMessageSQL), dropMessage: r(dropMessageSQL),
+		restoreMessage: r(restoreMessageSQL), lastDrop: r(lastDropSQL),
+		copyEdited: r(copyEditedSQL), retargetLane: r(retargetLaneSQL), releaseLaneOf: r(releaseLaneOfSQL),
+		unblockLane: r(unblockLaneSQL), laneHead: r(laneHeadSQL),
+		audit: r(auditSQL), listLanes: r(listLanesSQL),
+		statsBacklog: r(statsBacklogSQL), statsRate: r(statsRateSQL), statsPartitions: r(statsPartitionsSQL),
+		statsRelays: r(statsRelaysSQL), statsDeadLetters: r(statsDeadLettersSQL),
+		traceMessages: r(traceMessagesSQL), traceAttempts: r(traceAttemptsSQL), traceProcessed: r(traceProcessedSQL),
+		traceDeadLetters: r(traceDeadLettersSQL), traceAudit: r(traceAuditSQL), listAudit: r(listAuditSQL),
+	}
+}
