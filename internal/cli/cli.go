@@ -39,6 +39,11 @@ func commands() map[string]command {
 		"migrate": {"install, upgrade or inspect the outboxkit tables", runMigrate},
 		"relay":   {"publish committed events to Kafka and/or RabbitMQ", runRelay},
 		"demo":    {"see the whole flow in a minute: produce, relay to an embedded Kafka, consume", runDemo},
+		"dlq":     {"parked events and dead letters: list, show, replay, redrive, drop, restore, edit", runDLQ},
+		"lanes":   {"keys held back behind a failed event, and the lane actions", runLanes},
+		"trace":   {"one key's, event's or flow's whole story", runTrace},
+		"stats":   {"backlog, rates, parked, dead letters, partitions and relays", runStats},
+		"audit":   {"the audit log of operator and system actions", runAudit},
 	}
 }
 

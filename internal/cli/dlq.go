@@ -1,0 +1,419 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outboxkit/outboxkit/internal/ops"
+	"github.com/outboxkit/outboxkit/internal/pgutil"
+)
+
+const dlqUsage = `dlq <list|show|replay|redrive|drop|restore|edit> [flags] [refs...]
+
+Parked outbox events (o:<id>) and inbox dead letters (i:<id>), in one place.
+
+  list                   failed events matching the filters, in key order
+  show REF               everything about one: headers, error, attempts, payload
+  replay REF...          put parked events back to pending (fresh attempts);
+                         a blocked key follows its head once it is published
+  redrive                replay everything matching the filters, in key order,
+                         rate-limited (--rate); --dry-run says what would happen
+  drop REF...            soft delete with a reason (never published); undo: restore
+  restore REF...         undo a drop
+  edit REF --payload-file F
+                         publish a corrected copy in the original's place; the
+                         original is kept (status dropped, payload untouched)
+
+Every action needs --reason and an actor (--actor, $OUTBOXKIT_ACTOR, else your
+OS user name) and is written to outbox.audit_log with before and after.
+REF is o:<id>, i:<id>, or an event id.`
+
+// opsFlags are the flags of every operator command.
+type opsFlags struct {
+	db      dbFlags
+	json    bool
+	actor   string
+	reason  string
+	filter  ops.Filter
+	from    string
+	to      string
+	kind    string
+	limit   int
+	dryRun  bool
+	rate    float64
+	payload string
+	ctype   string
+}
+
+func (o *opsFlags) register(fs *flag.FlagSet, env *Env) {
+	o.db.register(fs, env)
+	fs.BoolVar(&o.json, "json", false, "print JSON for scripts")
+	fs.StringVar(&o.actor, "actor", env.Getenv("OUTBOXKIT_ACTOR"), "who acts, for the audit log ($OUTBOXKIT_ACTOR, else the OS user)")
+	fs.StringVar(&o.reason, "reason", "", "why, for the audit log (required for actions)")
+}
+
+func (o *opsFlags) registerFilter(fs *flag.FlagSet) {
+	fs.StringVar(&o.kind, "kind", "", "outbox or inbox (default both)")
+	fs.StringVar(&o.filter.Topic, "topic", "", "only this topic")
+	fs.StringVar(&o.filter.Key, "key", "", "only this key")
+	fs.StringVar(&o.filter.Consumer, "consumer", "", "only this consumer's dead letters")
+	fs.StringVar(&o.filter.Class, "class", "", "only this error class (transient, unroutable, poison_format, ...)")
+	fs.StringVar(&o.filter.ErrorText, "error", "", "only errors containing this text")
+	fs.StringVar(&o.from, "from", "", "only events created at or after this time (RFC 3339, or a duration ago like 2h)")
+	fs.StringVar(&o.to, "to", "", "only events created before this time (RFC 3339, or a duration ago)")
+	fs.BoolVar(&o.filter.Dropped, "dropped", false, "list dropped events instead of parked ones")
+	fs.IntVar(&o.limit, "limit", 100, "at most this many")
+}
+
+// parseWhen accepts RFC 3339, a date, or a duration meaning "that long ago".
+func parseWhen(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil {
+		if d < 0 {
+			return time.Time{}, fmt.Errorf("%q: use a positive duration (how long ago)", s)
+		}
+		return now.Add(-d), nil
+	}
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04", "2006-01-02 15:04", "2006-01-02"} {
+		if t, err := time.ParseInLocation(layout, s, time.Local); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("%q: use RFC 3339 (2026-11-23T10:00:00Z), a date (2026-11-23) or a duration ago (2h)", s)
+}
+
+func (o *opsFlags) resolveFilter(now time.Time) (ops.Filter, error) {
+	f := o.filter
+	f.Limit = o.limit
+	switch o.kind {
+	case "":
+	case "outbox":
+		f.Kind = ops.KindOutbox
+	case "inbox":
+		f.Kind = ops.KindInbox
+	default:
+		return f, usageError("--kind %q: use outbox or inbox", o.kind)
+	}
+	var err error
+	if f.From, err = parseWhen(o.from, now); err != nil {
+		return f, usageError("--from %v", err)
+	}
+	if f.To, err = parseWhen(o.to, now); err != nil {
+		return f, usageError("--to %v", err)
+	}
+	if !f.From.IsZero() && !f.To.IsZero() && !f.From.Before(f.To) {
+		return f, usageError("--from must be before --to")
+	}
+	return f, nil
+}
+
+func (o *opsFlags) action() (ops.Action, error) {
+	a := ops.Action{Actor: o.actor, Reason: strings.TrimSpace(o.reason)}
+	if a.Actor == "" {
+		if u, err := user.Current(); err == nil {
+			a.Actor = u.Username
+		}
+	}
+	if a.Actor == "" {
+		return a, usageError("%v", ops.ErrNoActor)
+	}
+	if a.Reason == "" {
+		return a, usageError("%v", ops.ErrNoReason)
+	}
+	return a, nil
+}
+
+// openStore connects and returns the operator store and a close function.
+func (o *opsFlags) openStore(ctx context.Context, env *Env) (*ops.Store, func(), error) {
+	url, err := o.db.databaseURL(env)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg, err := pgutil.ParsePoolConfig(url)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg.MaxConns = 4
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := ops.New(pool, o.db.outboxSchema, o.db.inboxSchema)
+	if err != nil {
+		pool.Close()
+		return nil, nil, usageError("%v", err)
+	}
+	return s, pool.Close, nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func runDLQ(ctx context.Context, env *Env, args []string) error {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		fmt.Fprintf(env.Stderr, "Usage: outboxkit %s\n", dlqUsage)
+		return usageError("expected a verb: list, show, replay, redrive, drop, restore or edit")
+	}
+	verb, args := args[0], args[1:]
+	fs := newFlagSet(env, "dlq "+verb, dlqUsage)
+	var o opsFlags
+	o.register(fs, env)
+	switch verb {
+	case "list", "redrive":
+		o.registerFilter(fs)
+	}
+	if verb == "redrive" {
+		fs.BoolVar(&o.dryRun, "dry-run", false, "say what would be replayed, change nothing")
+		fs.Float64Var(&o.rate, "rate", 50, "events per second")
+	}
+	if verb == "edit" {
+		fs.StringVar(&o.payload, "payload-file", "", "file with the corrected payload (- for stdin)")
+		fs.StringVar(&o.ctype, "content-type", "", "content type of the corrected payload (default: the original's)")
+	}
+	refs, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	switch verb {
+	case "list", "show", "replay", "redrive", "drop", "restore", "edit":
+	default:
+		return usageError("unknown verb %q: use list, show, replay, redrive, drop, restore or edit", verb)
+	}
+	store, closeStore, err := o.openStore(ctx, env)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	out := env.Stdout
+
+	switch verb {
+	case "list":
+		f, err := o.resolveFilter(time.Now())
+		if err != nil {
+			return err
+		}
+		items, err := store.List(ctx, f)
+		if err != nil {
+			return err
+		}
+		if o.json {
+			return printJSON(out, items)
+		}
+		if len(items) == 0 {
+			fmt.Fprintln(out, "nothing parked matches")
+			return nil
+		}
+		tw := tabwriter.NewWriter(out, 0, 2, 2, ' ', 0)
+		fmt.Fprintln(tw, "REF\tSTATUS\tTOPIC\tKEY\tSEQ\tTYPE\tCONSUMER\tATTEMPTS\tCLASS\tERROR\tWAITING")
+		for _, it := range items {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s v%d\t%s\t%d\t%s\t%s\t%d\n", it.Ref, it.Status, it.Topic,
+				escapeControls(it.Key), it.Sequence, it.Type, it.Version, it.Consumer, it.Attempts, it.ErrorClass,
+				oneLine(it.Error, 60), it.Waiting)
+		}
+		return tw.Flush()
+	case "show":
+		if len(refs) != 1 {
+			return usageError("show takes one REF")
+		}
+		ref, err := store.ParseRef(ctx, refs[0])
+		if err != nil {
+			return usageError("%v", err)
+		}
+		d, err := store.Show(ctx, ref)
+		if err != nil {
+			return err
+		}
+		if o.json {
+			return printJSON(out, d)
+		}
+		printDetail(out, d)
+		return nil
+	case "redrive":
+		a, err := o.action()
+		if err != nil && !o.dryRun {
+			return err
+		}
+		if o.dryRun && a.Actor == "" {
+			a.Actor = "dry-run"
+		}
+		if o.dryRun && a.Reason == "" {
+			a.Reason = "dry run"
+		}
+		f, err := o.resolveFilter(time.Now())
+		if err != nil {
+			return err
+		}
+		if f.Kind == ops.KindInbox || f.Consumer != "" {
+			return usageError("redrive of inbox dead letters runs in the consumer: use its Redrive, or replay i:<id>")
+		}
+		opt := ops.RedriveOptions{DryRun: o.dryRun, PerSec: o.rate}
+		if !o.json && !o.dryRun {
+			opt.Progress = func(done, total int) { fmt.Fprintf(env.Stderr, "\rredrive: %d/%d", done, total) }
+		}
+		outs, err := store.Redrive(ctx, a, f, opt)
+		if opt.Progress != nil && len(outs) > 0 {
+			fmt.Fprintln(env.Stderr)
+		}
+		if err != nil {
+			return err
+		}
+		return printOutcomes(out, outs, o.json)
+	}
+	// The single-event actions.
+	a, err := o.action()
+	if err != nil {
+		return err
+	}
+	if len(refs) == 0 {
+		return usageError("%s takes one or more REFs", verb)
+	}
+	var payload []byte
+	if verb == "edit" {
+		if len(refs) != 1 || o.payload == "" {
+			return usageError("edit takes one REF and --payload-file")
+		}
+		if o.payload == "-" {
+			payload, err = io.ReadAll(os.Stdin)
+		} else {
+			payload, err = os.ReadFile(o.payload)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	var outs []ops.Outcome
+	var failed error
+	for _, text := range refs {
+		ref, err := store.ParseRef(ctx, text)
+		if err != nil {
+			return usageError("%v", err)
+		}
+		var o2 ops.Outcome
+		switch verb {
+		case "replay":
+			o2, err = store.Replay(ctx, a, ref)
+		case "drop":
+			o2, err = store.Drop(ctx, a, ref)
+		case "restore":
+			o2, err = store.Restore(ctx, a, ref)
+		case "edit":
+			o2, err = store.Edit(ctx, a, ref, payload, o.ctype)
+		}
+		if err != nil {
+			o2 = ops.Outcome{Ref: ref, Result: "failed", Note: err.Error()}
+			failed = errors.Join(failed, err)
+		}
+		outs = append(outs, o2)
+	}
+	if err := printOutcomes(out, outs, o.json); err != nil {
+		return err
+	}
+	return failed
+}
+
+func printOutcomes(out io.Writer, outs []ops.Outcome, asJSON bool) error {
+	if asJSON {
+		return printJSON(out, outs)
+	}
+	if len(outs) == 0 {
+		fmt.Fprintln(out, "nothing matches")
+	}
+	for _, o := range outs {
+		line := fmt.Sprintf("%s %s", o.Ref, o.Result)
+		if o.NewRef != nil {
+			line += " as " + o.NewRef.String()
+		}
+		if o.Note != "" {
+			line += ": " + escapeControls(o.Note)
+		}
+		fmt.Fprintln(out, line)
+	}
+	return nil
+}
+
+func oneLine(s string, n int) string {
+	s = escapeControls(strings.Join(strings.Fields(s), " "))
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+func printDetail(out io.Writer, d *ops.Detail) {
+	row := func(k, v string) {
+		if v != "" {
+			fmt.Fprintf(out, "%-16s %s\n", k, escapeControls(v))
+		}
+	}
+	row("ref", d.Ref.String())
+	row("event id", d.EventID)
+	row("status", d.Status)
+	row("topic", d.Topic)
+	if d.Key != "" {
+		row("key", fmt.Sprintf("%s (sequence %d)", d.Key, d.Sequence))
+	}
+	row("type", fmt.Sprintf("%s v%d", d.Type, d.Version))
+	row("consumer", d.Consumer)
+	row("consumer version", d.ConsumerVersion)
+	row("correlation id", d.CorrelationID)
+	row("causation id", d.CausationID)
+	row("traceparent", d.TraceParent)
+	row("attempts", fmt.Sprint(d.Attempts))
+	row("error class", d.ErrorClass)
+	row("error", d.Error)
+	if !d.CreatedAt.IsZero() {
+		row("created", d.CreatedAt.Format(time.RFC3339Nano))
+	}
+	if !d.FirstFailedAt.IsZero() {
+		row("first failure", d.FirstFailedAt.Format(time.RFC3339Nano))
+	}
+	if !d.LastFailedAt.IsZero() {
+		row("last failure", d.LastFailedAt.Format(time.RFC3339Nano))
+	}
+	if d.BlockedBy != 0 {
+		row("waits for", fmt.Sprintf("i:%d", d.BlockedBy))
+	}
+	row("content type", d.ContentType)
+	if len(d.Headers) > 0 {
+		fmt.Fprintln(out, "headers")
+		names := make([]string, 0, len(d.Headers))
+		for k := range d.Headers {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		for _, k := range names {
+			fmt.Fprintf(out, "  %s: %s\n", escapeControls(k), escapeControls(d.Headers[k]))
+		}
+	}
+	if len(d.History) > 0 {
+		fmt.Fprintln(out, "attempts")
+		for _, a := range d.History {
+			line := fmt.Sprintf("  #%d %s %s", a.Attempt, a.At.Format(time.RFC3339), a.Outcome)
+			if a.ErrorClass != "" {
+				line += fmt.Sprintf(" [%s] %s", a.ErrorClass, a.Error)
+			}
+			if a.BrokerAck != "" {
+				line += " " + a.BrokerAck
+			}
+			fmt.Fprintln(out, escapeControls(line))
+		}
+	}
+	fmt.Fprintf(out, "payload (%d bytes)\n%s\n", d.PayloadBytes, renderPayload(d.Payload))
+}
