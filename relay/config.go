@@ -6,6 +6,9 @@ import (
 	"os"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/outboxkit/outboxkit/internal/pgutil"
 )
 
@@ -76,6 +79,13 @@ type Config struct {
 	// PollInterval.
 	DisableListen bool
 
+	// Metrics, when set, receive the relay's Prometheus metrics (NewMetrics).
+	Metrics *Metrics
+	// TracerProvider creates the relay's spans (one per published batch,
+	// linked to the trace context each event was enqueued with). Default:
+	// the global OpenTelemetry provider, a no-op unless the program set one.
+	TracerProvider trace.TracerProvider
+
 	// Version is recorded in outbox.relays (default "dev").
 	Version string
 	// Logger receives the relay's structured logs (default slog.Default()).
@@ -117,6 +127,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.TracerProvider == nil {
+		c.TracerProvider = otel.GetTracerProvider()
 	}
 	return c
 }

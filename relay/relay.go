@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/outboxkit/outboxkit/internal/failure"
 	"github.com/outboxkit/outboxkit/internal/pgutil"
@@ -41,6 +42,8 @@ type Relay struct {
 	idle       idleState
 	outage     outageState
 	running    atomic.Bool
+	lastDBOK   atomic.Int64 // unix nanos of the last successful lease round
+	tracer     trace.Tracer
 	keyAtomic  bool // see KeyAtomic
 }
 
@@ -75,6 +78,7 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Relay, error) {
 		leases:    newLeaseSet(),
 		wakeups:   make([]chan struct{}, c.Workers),
 		keyAtomic: keyAtomic(c.Publisher),
+		tracer:    c.TracerProvider.Tracer("github.com/outboxkit/outboxkit/relay"),
 	}
 	for i := range r.wakeups {
 		r.wakeups[i] = make(chan struct{}, 1)
@@ -127,6 +131,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	parts, tokens := r.leases.takeAll()
+	r.cfg.Metrics.leasesDelta(-len(parts))
 	released, err := r.release(stopCtx, parts, tokens)
 	if err != nil {
 		r.log.Warn("relay stop: releasing leases failed; they expire on their own", slog.Any("error", err))
@@ -216,11 +221,13 @@ func (r *Relay) balance(ctx context.Context) error {
 			return err
 		}
 		if lost := r.leases.keepOnly(renewed); len(lost) > 0 {
+			r.cfg.Metrics.leasesDelta(-len(lost))
 			r.log.Warn("relay: partition leases lost to another relay", slog.Any("partitions", lost))
 		}
 	}
 
 	if rel, relTokens := r.leases.shrinkTo(share); len(rel) > 0 {
+		r.cfg.Metrics.leasesDelta(-len(rel))
 		if _, err := r.release(ctx, rel, relTokens); err != nil {
 			return err
 		}
@@ -248,12 +255,43 @@ func (r *Relay) balance(ctx context.Context) error {
 			return err
 		}
 		if len(got) > 0 {
+			r.cfg.Metrics.leasesDelta(len(got))
 			r.log.Info("relay: acquired partitions", slog.Any("partitions", got), slog.Int("share", share),
 				slog.Int("live_relays", live))
 			r.wakeAll() // the new partitions may have a backlog
 		}
 	}
-	return r.loadPolicies(ctx)
+	if err := r.loadPolicies(ctx); err != nil {
+		return err
+	}
+	r.lastDBOK.Store(time.Now().UnixNano())
+	return nil
+}
+
+// Ready reports whether the relay is doing its job: running, talking to the
+// database (a lease round succeeded within two lease periods) and able to
+// reach the broker (not backing off from an outage). For /readyz.
+func (r *Relay) Ready() error {
+	if !r.running.Load() {
+		return errors.New("relay is not running")
+	}
+	last := time.Unix(0, r.lastDBOK.Load())
+	if since := time.Since(last); since > 2*r.cfg.LeaseTTL {
+		return fmt.Errorf("no successful database round for %s (PostgreSQL unreachable?)", since.Round(time.Second))
+	}
+	r.outage.mu.Lock()
+	streak := r.outage.streak
+	r.outage.mu.Unlock()
+	if streak > 0 {
+		return fmt.Errorf("broker unavailable for %d consecutive batches", streak)
+	}
+	return nil
+}
+
+// Leases returns the partitions this relay holds now.
+func (r *Relay) Leases() []int32 {
+	parts, _ := r.leases.snapshot()
+	return parts
 }
 
 func (r *Relay) release(ctx context.Context, parts []int32, tokens []int64) (int, error) {
@@ -404,6 +442,7 @@ func (r *Relay) outageFailed(err error) time.Duration {
 	r.outage.mu.Lock()
 	defer r.outage.mu.Unlock()
 	r.outage.streak++
+	r.cfg.Metrics.outage()
 	d := backoff(100*time.Millisecond, r.cfg.OutageBackoffMax, r.outage.streak)
 	r.outage.until = time.Now().Add(d)
 	r.log.Warn("relay: broker unavailable for the whole batch; backing off without counting attempts",

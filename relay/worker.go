@@ -10,6 +10,10 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/outboxkit/outboxkit/internal/failure"
 	"github.com/outboxkit/outboxkit/internal/pgutil"
@@ -119,7 +123,10 @@ func (w *worker) round(ctx context.Context, parts []int32, tokens []int64) (int,
 	}
 	// The batch in flight is finished even when ctx ends: publish, then mark.
 	flight := context.WithoutCancel(ctx)
-	pubCtx, cancel := context.WithTimeout(flight, r.cfg.PublishTimeout)
+	spanCtx, span := r.tracer.Start(flight, "outboxkit.relay.publish", trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithLinks(traceLinks(msgs)...),
+		trace.WithAttributes(attribute.Int("messaging.batch.message_count", len(msgs)), attribute.Int("outboxkit.partitions", len(parts))))
+	pubCtx, cancel := context.WithTimeout(spanCtx, r.cfg.PublishTimeout)
 	started := time.Now()
 	results, batchErr := r.cfg.Publisher.Publish(pubCtx, msgs)
 	cancel()
@@ -127,6 +134,14 @@ func (w *worker) round(ctx context.Context, parts []int32, tokens []int64) (int,
 	if batchErr == nil && len(results) != len(msgs) {
 		batchErr = fmt.Errorf("relay: publisher returned %d results for %d messages", len(results), len(msgs))
 	}
+	if batchErr != nil {
+		span.RecordError(batchErr)
+		span.SetStatus(codes.Error, string(failure.ClassOf(batchErr)))
+		r.cfg.Metrics.batch(msgs, nil, elapsed)
+	} else {
+		r.cfg.Metrics.batch(msgs, results, elapsed)
+	}
+	span.End()
 	return len(msgs), w.record(flight, parts, tokens, msgs, results, batchErr, started, elapsed)
 }
 
@@ -158,8 +173,30 @@ func (w *worker) releaseLanes(ctx context.Context, published []int64) error {
 		return err
 	}
 	r.log.Info("relay: blocked lanes released after their head was published", slog.Int("lanes", len(topics)))
+	r.cfg.Metrics.released(len(topics))
 	r.wakeAll()
 	return nil
+}
+
+// traceLinks links the batch's span to the trace each event was enqueued in
+// (at most 32 links: enough to follow, bounded for big batches).
+func traceLinks(msgs []Message) []trace.Link {
+	var links []trace.Link
+	prop := propagation.TraceContext{}
+	for i := range msgs {
+		if msgs[i].TraceParent == "" {
+			continue
+		}
+		carrier := propagation.MapCarrier{"traceparent": msgs[i].TraceParent, "tracestate": msgs[i].TraceState}
+		sc := trace.SpanContextFromContext(prop.Extract(context.Background(), carrier))
+		if sc.IsValid() {
+			links = append(links, trace.Link{SpanContext: sc})
+			if len(links) == 32 {
+				break
+			}
+		}
+	}
+	return links
 }
 
 // firstOfEachLane keeps keyless events and the first event of each lane:
@@ -214,6 +251,7 @@ func (w *worker) promote(ctx context.Context, parts []int32) error {
 		if err != nil {
 			return err
 		}
+		r.cfg.Metrics.promotedEvents(tag.RowsAffected())
 		if tag.RowsAffected() < chunk {
 			break
 		}
@@ -380,6 +418,7 @@ func (w *worker) recordFailures(ctx context.Context, parts []int32, tokens []int
 		return fmt.Errorf("record failed attempts: %w", err)
 	}
 	for _, f := range fails {
+		w.r.cfg.Metrics.failed(&f)
 		lvl := slog.LevelWarn
 		if f.outcome == "parked" {
 			lvl = slog.LevelError

@@ -9,7 +9,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/outboxkit/outboxkit/internal/ops"
 	"github.com/outboxkit/outboxkit/internal/pgutil"
 	"github.com/outboxkit/outboxkit/relay"
 	"github.com/outboxkit/outboxkit/relay/kafka"
@@ -138,6 +140,7 @@ func runRelay(ctx context.Context, env *Env, args []string) error {
 	fs.StringVar(&cfg.ListenURL, "listen-url", "", "direct PostgreSQL URL for LISTEN when --database-url goes through PgBouncer in transaction mode (default $OUTBOXKIT_LISTEN_URL)")
 	fs.BoolVar(&cfg.DisableListen, "no-listen", false, "do not LISTEN; find events by polling only")
 	source := fs.String("source", envOr(env, "OUTBOXKIT_SOURCE", ""), "CloudEvents source for events that have none ($OUTBOXKIT_SOURCE)")
+	metricsAddr := fs.String("metrics-addr", env.Getenv("OUTBOXKIT_METRICS_ADDR"), "serve /metrics, /healthz and /readyz here, e.g. 127.0.0.1:9090 ($OUTBOXKIT_METRICS_ADDR)")
 	if pos, err := parse(fs, args); err != nil {
 		return err
 	} else if len(pos) > 0 {
@@ -173,9 +176,27 @@ func runRelay(ctx context.Context, env *Env, args []string) error {
 	cfg.Schema = db.outboxSchema
 	cfg.Version = Version
 	cfg.Logger = logger
+	cfg.Metrics = relay.NewMetrics()
 	r, err := relay.New(pool, &cfg)
 	if err != nil {
 		return err
+	}
+	if *metricsAddr != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(cfg.Metrics)
+		if store, err := ops.New(pool, db.outboxSchema, db.inboxSchema); err == nil {
+			reg.MustRegister(ops.NewCollector(store))
+		}
+		_, stop, err := observability(ctx, *metricsAddr, reg, func(ctx context.Context) error {
+			if err := pool.Ping(ctx); err != nil {
+				return fmt.Errorf("database: %w", err)
+			}
+			return r.Ready()
+		}, logger)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	start := time.Now()
 	err = r.Run(ctx)

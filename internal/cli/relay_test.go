@@ -3,6 +3,10 @@ package cli
 import (
 	"bytes"
 	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -130,4 +134,70 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// outboxkit relay --metrics-addr serves /metrics, /healthz and /readyz;
+// readiness flips when PostgreSQL becomes unreachable and back when it
+// returns.
+func TestRelayMetricsAndReadiness(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDB(t)
+	k := testenv.NewKafka(t)
+	u, _ := url.Parse(db.URL)
+	px := testenv.Proxy(t, "postgres", u.Host)
+	u.Host = px.Listen
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+
+	runCtx, cancel := context.WithCancel(context.Background())
+	var out, errOut syncBuffer
+	env := &Env{Stdout: &out, Stderr: &errOut, Getenv: func(k string) string {
+		return map[string]string{"DATABASE_URL": u.String()}[k]
+	}}
+	done := make(chan int, 1)
+	go func() {
+		done <- MainEnv(runCtx, []string{"relay", "--kafka-brokers", strings.Join(k.Brokers, ","), "--metrics-addr", addr,
+			"--lease-ttl", "2s"}, env)
+	}()
+	defer func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("relay did not stop")
+		}
+	}()
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	testenv.Eventually(t, 20*time.Second, "ready", func() bool { c, _ := get("/readyz"); return c == 200 })
+	if c, _ := get("/healthz"); c != 200 {
+		t.Errorf("/healthz %d", c)
+	}
+	testenv.Eventually(t, 10*time.Second, "leases in /metrics", func() bool {
+		_, body := get("/metrics")
+		return strings.Contains(body, "outboxkit_relay_partition_leases 8") && strings.Contains(body, "outboxkit_outbox_scrape_ok 1")
+	})
+	px.Stop()
+	testenv.Eventually(t, 20*time.Second, "not ready without PostgreSQL", func() bool {
+		c, body := get("/readyz")
+		return c == 503 && strings.Contains(body, "not ready")
+	})
+	if c, _ := get("/healthz"); c != 200 {
+		t.Errorf("/healthz %d while PostgreSQL is down: the process is alive", c)
+	}
+	if err := px.Start(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, "ready again", func() bool { c, _ := get("/readyz"); return c == 200 })
 }
