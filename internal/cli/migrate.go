@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/outboxkit/outboxkit/migrations"
 )
@@ -14,7 +15,10 @@ const migrateUsage = `migrate <up|down|version|print> [flags]
            unpublished events exist unless --force
   version  print the applied version and whether a migration failed half-way
   print    print the SQL of every migration for these flags, for DBAs who
-           apply DDL themselves`
+           apply DDL themselves
+  roles    create or update the least-privilege roles <prefix>_producer,
+           _relay, _consumer, _sweeper, _operator, _auditor (--role-prefix;
+           --print to show the SQL instead); see docs/security.md`
 
 func runMigrate(ctx context.Context, env *Env, args []string) error {
 	fs := newFlagSet(env, "migrate", migrateUsage)
@@ -24,15 +28,25 @@ func runMigrate(ctx context.Context, env *Env, args []string) error {
 	steps := fs.Int("steps", 1, "down: number of migrations to revert")
 	all := fs.Bool("all", false, "down: revert every migration (drops every outboxkit table)")
 	force := fs.Bool("force", false, "down: revert even if unpublished events would be lost")
+	rolePrefix := fs.String("role-prefix", migrations.RolePrefixDefault, "roles: prefix of the role names")
+	printOnly := fs.Bool("print", false, "roles: print the SQL instead of applying it")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 {
 		fs.Usage()
-		return usageError("expected one action: up, down, version or print")
+		return usageError("expected one action: up, down, version, print or roles")
 	}
 	cfg := &migrations.Config{OutboxSchema: db.outboxSchema, InboxSchema: db.inboxSchema, Partitions: *partitions}
+	if pos[0] == "roles" && *printOnly {
+		sql, err := migrations.RolesSQL(cfg, *rolePrefix)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(env.Stdout, sql)
+		return nil
+	}
 	if pos[0] == "print" {
 		files, err := migrations.Render(cfg)
 		if err != nil {
@@ -48,6 +62,12 @@ func runMigrate(ctx context.Context, env *Env, args []string) error {
 		return err
 	}
 	switch pos[0] {
+	case "roles":
+		if err := migrations.ApplyRoles(ctx, url, cfg, *rolePrefix); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.Stdout, "roles %s_{%s} are up to date; grant them to your login roles\n", *rolePrefix, strings.Join(migrations.Roles, ","))
+		return nil
 	case "up":
 		if err := migrations.Up(ctx, url, cfg); err != nil {
 			return err
@@ -80,5 +100,5 @@ func runMigrate(ctx context.Context, env *Env, args []string) error {
 		fmt.Fprintf(env.Stdout, "version %d of %d (%s)\n", v, migrations.Latest(), state)
 		return nil
 	}
-	return usageError("unknown action %q: use up, down, version or print", pos[0])
+	return usageError("unknown action %q: use up, down, version, print or roles", pos[0])
 }

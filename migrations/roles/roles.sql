@@ -1,0 +1,67 @@
+-- outboxkit database roles: least privilege for each component.
+--
+-- Rendered by package migrations (outboxkit migrate roles): .Outbox and
+-- .Inbox are the quoted schemas, .Prefix the role name prefix. The roles are
+-- NOLOGIN groups: grant them to your login roles, e.g.
+--   GRANT outboxkit_producer TO payments_app;
+-- Safe to run again after every upgrade (CREATE ROLE only when missing,
+-- GRANT is idempotent).
+
+DO $$
+DECLARE r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY[{{q "producer"}}, {{q "relay"}}, {{q "consumer"}}, {{q "sweeper"}}, {{q "operator"}}, {{q "auditor"}}]
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
+END $$;
+
+GRANT USAGE ON SCHEMA {{.Outbox}}, {{.Inbox}} TO {{r "producer"}}, {{r "relay"}}, {{r "consumer"}}, {{r "sweeper"}}, {{r "operator"}}, {{r "auditor"}};
+GRANT EXECUTE ON FUNCTION {{.Outbox}}.partition_for(text), {{.Outbox}}.duplicate_event(uuid)
+    TO {{r "producer"}}, {{r "relay"}}, {{r "operator"}};
+
+-- Producer: enqueue only. It cannot read payloads or change stored events.
+GRANT INSERT ON {{.Outbox}}.messages, {{.Outbox}}.scheduled TO {{r "producer"}};
+GRANT SELECT (event_id) ON {{.Outbox}}.messages, {{.Outbox}}.scheduled TO {{r "producer"}};
+GRANT INSERT, UPDATE (last_sequence, last_enqueued_at) ON {{.Outbox}}.lanes TO {{r "producer"}};
+GRANT SELECT (topic, key, last_sequence, hold_until) ON {{.Outbox}}.lanes TO {{r "producer"}};
+GRANT SELECT (idle, alive_until) ON {{.Outbox}}.relays TO {{r "producer"}};
+
+-- Relay: reads and marks events, holds leases, promotes delayed events,
+-- appends park entries to the audit log. It never deletes an event and
+-- never reads or changes the audit log.
+GRANT SELECT, INSERT, UPDATE ON {{.Outbox}}.messages TO {{r "relay"}};
+GRANT SELECT, UPDATE ON {{.Outbox}}.partitions TO {{r "relay"}};
+GRANT SELECT, INSERT, UPDATE, DELETE ON {{.Outbox}}.relays TO {{r "relay"}};
+GRANT SELECT, INSERT, UPDATE ON {{.Outbox}}.lanes TO {{r "relay"}};
+GRANT SELECT, UPDATE, DELETE ON {{.Outbox}}.scheduled TO {{r "relay"}};
+GRANT SELECT ON {{.Outbox}}.topic_policies, {{.Outbox}}.error_classes TO {{r "relay"}};
+GRANT INSERT ON {{.Outbox}}.attempts, {{.Outbox}}.audit_log TO {{r "relay"}};
+
+-- Consumer (inbox): records what it applied, parks what it cannot apply.
+GRANT SELECT, INSERT, UPDATE ON {{.Inbox}}.processed, {{.Inbox}}.lanes, {{.Inbox}}.dead_letters, {{.Inbox}}.attempts TO {{r "consumer"}};
+GRANT SELECT ON {{.Outbox}}.error_classes TO {{r "consumer"}};
+GRANT INSERT ON {{.Outbox}}.audit_log TO {{r "consumer"}};
+
+-- Sweeper: recovery and retention. The only role that deletes rows, and
+-- only published events, their attempts, inbox records and dead relays.
+GRANT SELECT, UPDATE, DELETE ON {{.Outbox}}.messages TO {{r "sweeper"}};
+GRANT SELECT, UPDATE ON {{.Outbox}}.partitions, {{.Outbox}}.lanes TO {{r "sweeper"}};
+GRANT SELECT, DELETE ON {{.Outbox}}.relays, {{.Outbox}}.attempts TO {{r "sweeper"}};
+GRANT SELECT ON {{.Outbox}}.scheduled, {{.Outbox}}.topic_policies, {{.Outbox}}.error_classes TO {{r "sweeper"}};
+GRANT INSERT ON {{.Outbox}}.audit_log TO {{r "sweeper"}};
+GRANT SELECT, DELETE ON {{.Inbox}}.processed TO {{r "sweeper"}};
+GRANT SELECT ON {{.Inbox}}.dead_letters, {{.Inbox}}.lanes TO {{r "sweeper"}};
+
+-- Operator: the dead-letter actions (replay, drop, restore, edit, lanes),
+-- every one audited. It cannot delete anything.
+GRANT SELECT, INSERT, UPDATE ON {{.Outbox}}.messages, {{.Outbox}}.lanes TO {{r "operator"}};
+GRANT SELECT, INSERT, UPDATE ON {{.Outbox}}.topic_policies TO {{r "operator"}};
+GRANT SELECT, INSERT ON {{.Outbox}}.audit_log TO {{r "operator"}};
+GRANT SELECT ON ALL TABLES IN SCHEMA {{.Outbox}}, {{.Inbox}} TO {{r "operator"}};
+GRANT UPDATE ON {{.Inbox}}.dead_letters, {{.Inbox}}.lanes TO {{r "operator"}};
+
+-- Auditor: reads everything, writes nothing.
+GRANT SELECT ON ALL TABLES IN SCHEMA {{.Outbox}}, {{.Inbox}} TO {{r "auditor"}};

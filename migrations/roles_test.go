@@ -1,0 +1,190 @@
+package migrations_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outboxkit/outboxkit/internal/ops"
+	"github.com/outboxkit/outboxkit/internal/testenv"
+	"github.com/outboxkit/outboxkit/migrations"
+	"github.com/outboxkit/outboxkit/outbox"
+	"github.com/outboxkit/outboxkit/relay"
+	"github.com/outboxkit/outboxkit/relay/kafka"
+)
+
+// loginAs creates a login role that is a member of the component role and
+// returns a pool connected as it. Roles are cluster-wide: the prefix is
+// unique to the test and everything is dropped at the end.
+func loginAs(t *testing.T, db *testenv.DB, prefix, component string) *pgxpool.Pool {
+	t.Helper()
+	ctx := context.Background()
+	login := prefix + "_" + component + "_login"
+	group := pgx.Identifier{prefix + "_" + component}.Sanitize()
+	for _, q := range []string{
+		fmt.Sprintf("CREATE ROLE %s LOGIN", pgx.Identifier{login}.Sanitize()),
+		fmt.Sprintf("GRANT %s TO %s", group, pgx.Identifier{login}.Sanitize()),
+	} {
+		if _, err := db.Pool.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u, _ := url.Parse(db.URL)
+	u.User = url.User(login)
+	pool, err := pgxpool.New(ctx, u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+func dropRoles(t *testing.T, db *testenv.DB, prefix string) {
+	t.Cleanup(func() {
+		ctx := context.Background()
+		admin, err := pgx.Connect(ctx, testenv.AdminURL())
+		if err != nil {
+			return
+		}
+		defer admin.Close(ctx)
+		rows, _ := admin.Query(ctx, `SELECT rolname FROM pg_roles WHERE rolname LIKE $1 || '\_%'`, prefix)
+		names, _ := pgx.CollectRows(rows, pgx.RowTo[string])
+		// The test database is dropped after this cleanup (registered
+		// earlier), so the grants go with it; drop owned first for safety.
+		for _, n := range names {
+			conn, err := pgx.Connect(ctx, db.URL)
+			if err == nil {
+				conn.Exec(ctx, "DROP OWNED BY "+pgx.Identifier{n}.Sanitize())
+				conn.Close(ctx)
+			}
+		}
+		for _, n := range names {
+			if strings.HasSuffix(n, "_login") {
+				admin.Exec(ctx, "DROP ROLE IF EXISTS "+pgx.Identifier{n}.Sanitize())
+			}
+		}
+		for _, n := range names {
+			admin.Exec(ctx, "DROP ROLE IF EXISTS "+pgx.Identifier{n}.Sanitize())
+		}
+	})
+}
+
+func mustDeny(t *testing.T, pool *pgxpool.Pool, who, sql string, args ...any) {
+	t.Helper()
+	_, err := pool.Exec(context.Background(), sql, args...)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "42501" {
+		t.Errorf("%s may run %q (err %v); want insufficient_privilege", who, sql, err)
+	}
+}
+
+// Each component runs under its role; each forbidden statement fails.
+func TestRolesLeastPrivilege(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDB(t)
+	prefix := strings.ReplaceAll(testenv.UniqueName("okr"), "-", "_")
+	dropRoles(t, db, prefix)
+	ctx := context.Background()
+	if err := migrations.ApplyRoles(ctx, db.URL, nil, prefix); err != nil {
+		t.Fatal(err)
+	}
+	if err := migrations.ApplyRoles(ctx, db.URL, nil, prefix); err != nil {
+		t.Fatalf("second run must be a no-op: %v", err)
+	}
+
+	// Producer: Enqueue, EnqueueBatch and a delayed event work.
+	producer := loginAs(t, db, prefix, "producer")
+	k := testenv.NewKafka(t)
+	topic := testenv.UniqueName("roles")
+	k.CreateTopic(t, topic, 1)
+	tx, err := producer.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := outbox.Enqueue(ctx, tx, outbox.Message{Topic: topic, Key: "k1", Type: "t", Payload: []byte("{}")}); err != nil {
+		t.Fatalf("producer Enqueue: %v", err)
+	}
+	if _, err := outbox.EnqueueBatch(ctx, tx, []outbox.Message{{Topic: topic, Key: "k1", Type: "t", Payload: []byte("{}")},
+		{Topic: topic, Type: "t", Payload: []byte("{}")}}); err != nil {
+		t.Fatalf("producer EnqueueBatch: %v", err)
+	}
+	if _, err := outbox.Enqueue(ctx, tx, outbox.Message{Topic: "nowhere-" + topic, Key: "k2", Type: "t", Payload: []byte("{}"),
+		DeliverAfter: time.Millisecond}); err != nil {
+		t.Fatalf("producer delayed Enqueue: %v", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mustDeny(t, producer, "producer", `SELECT payload FROM outbox.messages`)
+	mustDeny(t, producer, "producer", `UPDATE outbox.messages SET status = 'published'`)
+	mustDeny(t, producer, "producer", `DELETE FROM outbox.messages`)
+	mustDeny(t, producer, "producer", `INSERT INTO outbox.audit_log (actor, action, target_kind, reason) VALUES ('x', 'y', 'z', 'w')`)
+
+	// Relay: publishes, promotes the delayed event, parks the unroutable
+	// one (with its audit entry).
+	relayPool := loginAs(t, db, prefix, "relay")
+	pub, err := kafka.New(kafka.Config{Brokers: k.Brokers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	r, err := relay.New(relayPool, &relay.Config{Publisher: pub, PollInterval: 100 * time.Millisecond, LeaseTTL: 2 * time.Second,
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(runCtx) }()
+	testenv.Eventually(t, 30*time.Second, "relay publishing and parking under its role", func() bool {
+		var published, parked int
+		db.Pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE status = 'published'), count(*) FILTER (WHERE status = 'parked') FROM outbox.messages`).Scan(&published, &parked)
+		return published == 3 && parked == 1
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mustDeny(t, relayPool, "relay", `DELETE FROM outbox.messages`)
+	mustDeny(t, relayPool, "relay", `SELECT * FROM outbox.audit_log`)
+	mustDeny(t, relayPool, "relay", `TRUNCATE outbox.messages`)
+
+	// Operator: replays the parked event (audited), cannot delete.
+	operator := loginAs(t, db, prefix, "operator")
+	store, err := ops.New(operator, "outbox", "inbox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	items, err := store.List(ctx, ops.Filter{Kind: ops.KindOutbox})
+	if err != nil || len(items) != 1 {
+		t.Fatalf("operator list: %v %v", items, err)
+	}
+	if _, err := store.Replay(ctx, ops.Action{Actor: "op", Reason: "test"}, items[0].Ref); err != nil {
+		t.Fatalf("operator replay: %v", err)
+	}
+	mustDeny(t, operator, "operator", `DELETE FROM outbox.messages`)
+	mustDeny(t, operator, "operator", `DELETE FROM outbox.audit_log`)
+
+	// Auditor: reads everything, writes nothing.
+	auditor := loginAs(t, db, prefix, "auditor")
+	var n int
+	if err := auditor.QueryRow(ctx, `SELECT count(*) FROM outbox.audit_log`).Scan(&n); err != nil || n != 2 {
+		t.Errorf("auditor reads the audit log: %d entries, %v (want park + replay)", n, err)
+	}
+	mustDeny(t, auditor, "auditor", `UPDATE outbox.messages SET status = 'dropped'`)
+	mustDeny(t, auditor, "auditor", `INSERT INTO outbox.audit_log (actor, action, target_kind, reason) VALUES ('x', 'y', 'z', 'w')`)
+
+	// The audit log is append-only even for the owner's application role.
+	if _, err := db.Pool.Exec(ctx, `UPDATE outbox.audit_log SET reason = 'rewritten'`); err == nil {
+		t.Error("audit log rows could be updated")
+	}
+}
