@@ -10,9 +10,13 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+	kafkago "github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl/plain"
+	"github.com/segmentio/kafka-go/sasl/scram"
 
 	"github.com/outboxkit/outboxkit/internal/ops"
 	"github.com/outboxkit/outboxkit/internal/pgutil"
+	"github.com/outboxkit/outboxkit/internal/tlsconf"
 	"github.com/outboxkit/outboxkit/relay"
 	"github.com/outboxkit/outboxkit/relay/kafka"
 	"github.com/outboxkit/outboxkit/relay/rabbitmq"
@@ -27,13 +31,33 @@ exits. Run as many as you like: they share the partitions.
 With one broker configured every topic goes there. With both, pass
 --default-broker and optionally --route topic=kafka|rabbitmq (repeatable).`
 
-// brokerFlags are the broker settings shared by relay and demo.
+// brokerFlags are the broker settings shared by relay and demo. Secrets
+// (SASL password, an AMQP URL with a password) come from the environment or
+// files, never from flag defaults, so --help and ps never show them.
 type brokerFlags struct {
 	kafkaBrokers   string
 	rabbitURL      string
 	rabbitExchange string
 	defaultBroker  string
 	routes         routeFlag
+
+	kafkaTLS          bool
+	kafkaTLSFiles     tlsconf.Files
+	kafkaSASL         string
+	kafkaSASLUser     string
+	kafkaSASLPassFile string
+	rabbitTLSFiles    tlsconf.Files
+
+	transports []*kafkago.Transport // created here, closed by closeTransports
+}
+
+// closeTransports releases the Kafka connections of transports the flags
+// created (a Publisher does not close a Transport it was given).
+func (b *brokerFlags) closeTransports() {
+	for _, t := range b.transports {
+		t.CloseIdleConnections()
+	}
+	b.transports = nil
 }
 
 type routeFlag map[string]string
@@ -50,18 +74,80 @@ func (r routeFlag) Set(v string) error {
 
 func (b *brokerFlags) register(fs *flag.FlagSet, env *Env) {
 	fs.StringVar(&b.kafkaBrokers, "kafka-brokers", env.Getenv("KAFKA_BROKERS"), "comma-separated Kafka brokers ($KAFKA_BROKERS)")
-	fs.StringVar(&b.rabbitURL, "rabbitmq-url", "", "RabbitMQ URL, amqp:// or amqps:// (default $RABBITMQ_URL)")
+	fs.StringVar(&b.rabbitURL, "rabbitmq-url", "", "RabbitMQ URL, amqp:// or amqps:// (default $RABBITMQ_URL or the file named by $RABBITMQ_URL_FILE; prefer those when the URL holds a password)")
 	fs.StringVar(&b.rabbitExchange, "rabbitmq-exchange", envOr(env, "RABBITMQ_EXCHANGE", "outbox"), "durable topic exchange events are published to ($RABBITMQ_EXCHANGE)")
 	fs.StringVar(&b.defaultBroker, "default-broker", env.Getenv("OUTBOXKIT_DEFAULT_BROKER"), "kafka or rabbitmq: where unrouted topics go when both are configured ($OUTBOXKIT_DEFAULT_BROKER)")
 	b.routes = routeFlag{}
 	fs.Var(b.routes, "route", "topic=kafka or topic=rabbitmq (repeatable)")
+
+	fs.BoolVar(&b.kafkaTLS, "kafka-tls", env.Getenv("KAFKA_TLS") == "true" || env.Getenv("KAFKA_TLS") == "1", "connect to Kafka over TLS ($KAFKA_TLS=true)")
+	fs.StringVar(&b.kafkaTLSFiles.CA, "kafka-ca-file", env.Getenv("KAFKA_CA_FILE"), "PEM CA bundle for Kafka's certificates ($KAFKA_CA_FILE; implies --kafka-tls)")
+	fs.StringVar(&b.kafkaTLSFiles.Cert, "kafka-cert-file", env.Getenv("KAFKA_CERT_FILE"), "PEM client certificate for Kafka ($KAFKA_CERT_FILE)")
+	fs.StringVar(&b.kafkaTLSFiles.Key, "kafka-key-file", env.Getenv("KAFKA_KEY_FILE"), "PEM client key for Kafka ($KAFKA_KEY_FILE)")
+	fs.StringVar(&b.kafkaSASL, "kafka-sasl", env.Getenv("KAFKA_SASL_MECHANISM"), "SASL mechanism: plain, scram-sha-256 or scram-sha-512 ($KAFKA_SASL_MECHANISM)")
+	fs.StringVar(&b.kafkaSASLUser, "kafka-sasl-user", env.Getenv("KAFKA_SASL_USERNAME"), "SASL user name ($KAFKA_SASL_USERNAME); the password comes from $KAFKA_SASL_PASSWORD or $KAFKA_SASL_PASSWORD_FILE")
+	fs.StringVar(&b.kafkaSASLPassFile, "kafka-sasl-password-file", "", "file holding the SASL password (instead of $KAFKA_SASL_PASSWORD)")
+	fs.StringVar(&b.rabbitTLSFiles.CA, "rabbitmq-ca-file", env.Getenv("RABBITMQ_CA_FILE"), "PEM CA bundle for amqps:// ($RABBITMQ_CA_FILE)")
+	fs.StringVar(&b.rabbitTLSFiles.Cert, "rabbitmq-cert-file", env.Getenv("RABBITMQ_CERT_FILE"), "PEM client certificate for amqps:// ($RABBITMQ_CERT_FILE)")
+	fs.StringVar(&b.rabbitTLSFiles.Key, "rabbitmq-key-file", env.Getenv("RABBITMQ_KEY_FILE"), "PEM client key for amqps:// ($RABBITMQ_KEY_FILE)")
+}
+
+// kafkaTransport returns nil (the publisher's default) or a transport with
+// the TLS and SASL settings of the flags.
+func (b *brokerFlags) kafkaTransport(env *Env) (*kafkago.Transport, error) {
+	useTLS := b.kafkaTLS || !b.kafkaTLSFiles.Empty()
+	if !useTLS && b.kafkaSASL == "" {
+		return nil, nil
+	}
+	t := &kafkago.Transport{ClientID: "outboxkit"}
+	b.transports = append(b.transports, t)
+	if useTLS {
+		cfg, err := b.kafkaTLSFiles.Config()
+		if err != nil {
+			return nil, usageError("kafka: %v", err)
+		}
+		t.TLS = cfg
+	}
+	if b.kafkaSASL != "" {
+		pass, err := tlsconf.Secret(env.Getenv, "KAFKA_SASL_PASSWORD", b.kafkaSASLPassFile)
+		if err != nil {
+			return nil, err
+		}
+		if b.kafkaSASLUser == "" || pass == "" {
+			return nil, usageError("--kafka-sasl %s needs --kafka-sasl-user and a password in $KAFKA_SASL_PASSWORD or a password file", b.kafkaSASL)
+		}
+		switch strings.ToLower(b.kafkaSASL) {
+		case "plain":
+			t.SASL = plain.Mechanism{Username: b.kafkaSASLUser, Password: pass}
+		case "scram-sha-256", "scram-sha-512":
+			algo := scram.SHA256
+			if strings.HasSuffix(b.kafkaSASL, "512") {
+				algo = scram.SHA512
+			}
+			m, err := scram.Mechanism(algo, b.kafkaSASLUser, pass)
+			if err != nil {
+				return nil, fmt.Errorf("kafka SASL: %w", err)
+			}
+			t.SASL = m
+		default:
+			return nil, usageError("--kafka-sasl %q: use plain, scram-sha-256 or scram-sha-512", b.kafkaSASL)
+		}
+		if !useTLS {
+			// Allowed (some clusters terminate TLS elsewhere) but worth a word.
+			fmt.Fprintln(env.Stderr, "outboxkit: warning: Kafka SASL without --kafka-tls sends credentials in clear text unless the network is encrypted")
+		}
+	}
+	return t, nil
 }
 
 // publisher builds the relay's publisher from the flags.
 func (b *brokerFlags) publisher(ctx context.Context, env *Env, source string, logger *slog.Logger) (relay.Publisher, error) {
 	rabbitURL := b.rabbitURL
 	if rabbitURL == "" {
-		rabbitURL = env.Getenv("RABBITMQ_URL")
+		var err error
+		if rabbitURL, err = tlsconf.Secret(env.Getenv, "RABBITMQ_URL", ""); err != nil {
+			return nil, err
+		}
 	}
 	pubs := map[string]relay.Publisher{}
 	if b.kafkaBrokers != "" {
@@ -71,14 +157,26 @@ func (b *brokerFlags) publisher(ctx context.Context, env *Env, source string, lo
 				brokers = append(brokers, s)
 			}
 		}
-		p, err := kafka.New(kafka.Config{Brokers: brokers, Source: source, Logger: logger})
+		transport, err := b.kafkaTransport(env)
+		if err != nil {
+			return nil, err
+		}
+		p, err := kafka.New(kafka.Config{Brokers: brokers, Source: source, Logger: logger, Transport: transport})
 		if err != nil {
 			return nil, err
 		}
 		pubs["kafka"] = p
 	}
 	if rabbitURL != "" {
-		p, err := rabbitmq.New(ctx, rabbitmq.Config{URL: rabbitURL, Exchange: b.rabbitExchange, Source: source, Logger: logger})
+		rcfg := rabbitmq.Config{URL: rabbitURL, Exchange: b.rabbitExchange, Source: source, Logger: logger}
+		if !b.rabbitTLSFiles.Empty() {
+			var err error
+			if rcfg.TLS, err = b.rabbitTLSFiles.Config(); err != nil {
+				closeAll(pubs)
+				return nil, usageError("rabbitmq: %v", err)
+			}
+		}
+		p, err := rabbitmq.New(ctx, rcfg)
 		if err != nil {
 			closeAll(pubs)
 			return nil, err
@@ -167,6 +265,7 @@ func runRelay(ctx context.Context, env *Env, args []string) error {
 		return fmt.Errorf("connect to PostgreSQL at %s: %w", pgutil.Redact(url), err)
 	}
 	defer pool.Close()
+	defer brokers.closeTransports()
 	pub, err := brokers.publisher(ctx, env, *source, logger)
 	if err != nil {
 		return err
