@@ -44,6 +44,7 @@ func commands() map[string]command {
 		"trace":   {"one key's, event's or flow's whole story", runTrace},
 		"stats":   {"backlog, rates, parked, dead letters, partitions and relays", runStats},
 		"audit":   {"the audit log of operator and system actions", runAudit},
+		"replay":  {"send published events of a time range again, to every consumer or one", runReplay},
 	}
 }
 

@@ -195,6 +195,23 @@ const listAuditSQL = `SELECT id, at, actor, action, target_kind, target_ids, rea
    AND ($3::timestamptz IS NULL OR at >= $3)
  ORDER BY id DESC LIMIT $4`
 
+const (
+	rangeSelectSQL = `SELECT id, event_id::text FROM {{O}}.messages
+ WHERE status = 'published' AND topic = $1 AND created_at >= $2 AND created_at < $3
+   AND ($4::text IS NULL OR key = $4)
+ ORDER BY id LIMIT $5
+   FOR UPDATE`
+
+	// rangeReplaySQL sends published events again, in their original order
+	// (their ids), with their original event ids and sequences. The audit
+	// entry keeps what the rows said before (published_at, broker_ack).
+	rangeReplaySQL = `UPDATE {{O}}.messages
+   SET status = 'pending', published_at = NULL, available_at = now(), attempts = 0,
+       headers = CASE WHEN $2::text IS NULL THEN headers - 'outboxkit-replay-to'
+                      ELSE headers || jsonb_build_object('outboxkit-replay-to', $2::text) END
+ WHERE id = ANY($1::bigint[]) AND status = 'published'`
+)
+
 type statements struct {
 	listParked, listDeadLetters, showMessage, messageIDByEvent, attempts string
 	showDeadLetter, deadLetterAttempts                                   string
@@ -205,6 +222,7 @@ type statements struct {
 	statsDeadLetters                                                     string
 	traceMessages, traceAttempts, traceProcessed, traceDeadLetters       string
 	traceAudit, listAudit                                                string
+	rangeSelect, rangeReplay                                             string
 }
 
 func renderStatements(outboxIdent, inboxIdent string) statements {
@@ -223,5 +241,6 @@ func renderStatements(outboxIdent, inboxIdent string) statements {
 		statsRelays: r(statsRelaysSQL), statsDeadLetters: r(statsDeadLettersSQL),
 		traceMessages: r(traceMessagesSQL), traceAttempts: r(traceAttemptsSQL), traceProcessed: r(traceProcessedSQL),
 		traceDeadLetters: r(traceDeadLettersSQL), traceAudit: r(traceAuditSQL), listAudit: r(listAuditSQL),
+		rangeSelect: r(rangeSelectSQL), rangeReplay: r(rangeReplaySQL),
 	}
 }
