@@ -35,7 +35,8 @@ type Message struct {
 	// never required.
 	Payload []byte
 	// Headers are sent as broker headers. Names are HTTP tokens; names
-	// starting with "ce_" and "content-type" are reserved for the wire format.
+	// starting with "ce_" and "content-type" are reserved for the wire
+	// format, names starting with "outboxkit-" for operator actions.
 	Headers map[string]string
 	// CorrelationID links the event back to the business flow.
 	CorrelationID string
@@ -192,7 +193,7 @@ func validateHeaders(h map[string]string, bad func(field, format string, args ..
 		case !isToken(name):
 			return bad(field, "name is not an HTTP token (letters, digits and !#$%%&'*+-.^_`|~)")
 		case reservedHeader(name):
-			return bad(field, "name is reserved for the wire format (ce_* and content-type); set the matching Message field instead")
+			return bad(field, "name is reserved (ce_* and content-type for the wire format, outboxkit-* for operator actions); set the matching Message field instead")
 		case len(value) > MaxHeaderValueLen:
 			return bad(field, "value is %d bytes; the limit is %d", len(value), MaxHeaderValueLen)
 		}
@@ -247,7 +248,7 @@ func isToken(s string) bool {
 
 func reservedHeader(name string) bool {
 	lower := strings.ToLower(name)
-	return strings.HasPrefix(lower, "ce_") || lower == "content-type"
+	return strings.HasPrefix(lower, "ce_") || lower == "content-type" || strings.HasPrefix(lower, "outboxkit-")
 }
 
 // clip shortens a value for an error message and makes it safe to print.

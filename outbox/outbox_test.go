@@ -263,6 +263,7 @@ func TestEnqueueRefusesBadInput(t *testing.T) {
 		{"header not a token", with(func(m *outbox.Message) { m.Headers = map[string]string{"bad name": "v"} }), `Headers["bad name"]`},
 		{"header empty name", with(func(m *outbox.Message) { m.Headers = map[string]string{"": "v"} }), "Headers"},
 		{"header reserved", with(func(m *outbox.Message) { m.Headers = map[string]string{"ce_id": "v"} }), `Headers["ce_id"]`},
+		{"header reserved for operators", with(func(m *outbox.Message) { m.Headers = map[string]string{"outboxkit-replay-to": "billing"} }), `Headers["outboxkit-replay-to"]`},
 		{"header content-type", with(func(m *outbox.Message) { m.Headers = map[string]string{"Content-Type": "v"} }), `Headers["Content-Type"]`},
 		{"header value NUL", with(func(m *outbox.Message) { m.Headers = map[string]string{"h": "\x00"} }), `Headers["h"]`},
 		{"header value invalid UTF-8", with(func(m *outbox.Message) { m.Headers = map[string]string{"h": "\xc3\x28"} }), `Headers["h"]`},
