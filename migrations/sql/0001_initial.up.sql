@@ -354,12 +354,12 @@ CREATE TABLE {{.Inbox}}.lanes (
     updated_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer, topic, key)
 );
-COMMENT ON TABLE {{.Inbox}}.lanes IS 'Order guard: the last applied sequence of each (consumer, topic, key), and the dead letter holding the lane back when one is parked.';
+COMMENT ON TABLE {{.Inbox}}.lanes IS 'Order guard: the last applied sequence of each (consumer, topic, key), and the dead letter holding the lane back when one is parked. One row per key, never deleted by retention: it also keeps a keyed event replayed after its processed row expired from being applied again (it is parked as out of order instead).';
 COMMENT ON COLUMN {{.Inbox}}.lanes.consumer IS 'Consumer name.';
 COMMENT ON COLUMN {{.Inbox}}.lanes.topic IS 'Topic of the lane.';
 COMMENT ON COLUMN {{.Inbox}}.lanes.key IS 'Ordering key of the lane.';
-COMMENT ON COLUMN {{.Inbox}}.lanes.last_sequence IS 'Highest sequence applied in order.';
-COMMENT ON COLUMN {{.Inbox}}.lanes.blocked_by IS 'dead_letters.id of the parked event later events wait for.';
+COMMENT ON COLUMN {{.Inbox}}.lanes.last_sequence IS 'Highest sequence applied in order; 0 while nothing is applied (the row then exists only to hold blocked_by).';
+COMMENT ON COLUMN {{.Inbox}}.lanes.blocked_by IS 'dead_letters.id of the parked event later events wait for (while a redrive releases the lane: the next dead letter to apply). NULL: events flow.';
 COMMENT ON COLUMN {{.Inbox}}.lanes.blocked_since IS 'When the lane became blocked.';
 COMMENT ON COLUMN {{.Inbox}}.lanes.updated_at IS 'Last change.';
 
@@ -382,12 +382,14 @@ CREATE TABLE {{.Inbox}}.dead_letters (
     attempts         integer     NOT NULL,
     status           text        NOT NULL,
     blocked_by       bigint      REFERENCES {{.Inbox}}.dead_letters (id),
+    waiting_for      bigint,
     source           jsonb       NOT NULL DEFAULT '{}',
     first_failed_at  timestamptz NOT NULL,
     last_failed_at   timestamptz NOT NULL,
     resolved_at      timestamptz,
     CONSTRAINT dead_letters_status_check CHECK (status IN ('parked', 'blocked', 'replayed', 'resolved', 'dropped')),
-    CONSTRAINT dead_letters_blocked_has_pointer CHECK ((status = 'blocked') = (blocked_by IS NOT NULL))
+    CONSTRAINT dead_letters_blocked_has_pointer CHECK ((status = 'blocked') = (blocked_by IS NOT NULL)),
+    CONSTRAINT dead_letters_waiting_is_parked CHECK (waiting_for IS NULL OR status = 'parked')
 );
 COMMENT ON TABLE {{.Inbox}}.dead_letters IS 'What a consumer could not apply, kept whole: raw payload bytes and headers whatever their shape, the error and its class, attempts, consumer and version, correlation id, failure times. Operators inspect, redrive, edit or drop rows here.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.id IS 'Dead-letter id.';
@@ -400,7 +402,7 @@ COMMENT ON COLUMN {{.Inbox}}.dead_letters.sequence IS 'ce_sequence, when present
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.type IS 'Event type, when present.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.version IS 'Event schema version, when present.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.payload IS 'Payload bytes exactly as received.';
-COMMENT ON COLUMN {{.Inbox}}.dead_letters.headers IS 'All broker headers as received: a JSON array of {"name","value"} with binary values base64-encoded as {"base64": ...}.';
+COMMENT ON COLUMN {{.Inbox}}.dead_letters.headers IS 'All broker headers as received, in order: a JSON array of {"name","value"}. A name or value that is not valid UTF-8 or contains NUL (which jsonb cannot hold) is stored as {"base64": ...}.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.content_type IS 'Content type, when present.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.correlation_id IS 'Correlation id, when present.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.error IS 'Error of the last attempt.';
@@ -408,7 +410,8 @@ COMMENT ON COLUMN {{.Inbox}}.dead_letters.error_class IS 'Class of the error (ou
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.attempts IS 'Attempts made before parking.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.status IS 'parked: failed, needs an operator; blocked: not tried, waits for blocked_by (an earlier event of its key); replayed: sent through the consumer again; resolved: applied; dropped: removed by an operator.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.blocked_by IS 'For blocked rows: the dead letter this one waits for.';
-COMMENT ON COLUMN {{.Inbox}}.dead_letters.source IS 'Where the message came from: broker, topic or queue, partition, offset, routing key.';
+COMMENT ON COLUMN {{.Inbox}}.dead_letters.waiting_for IS 'For a parked row that arrived ahead of earlier events of its key that never came: the sequence it waits for. When that event arrives and is applied, this row and the blocked ones behind it are applied in order automatically; redriving it instead accepts the gap.';
+COMMENT ON COLUMN {{.Inbox}}.dead_letters.source IS 'Where the message came from: binding (kafka or amqp, needed to read the headers back), broker, topic or queue, partition, offset, routing key, AMQP properties. Strings jsonb cannot hold are {"base64": ...}.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.first_failed_at IS 'First failure.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.last_failed_at IS 'Last failure.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.resolved_at IS 'When the row left the parked or blocked state.';
@@ -434,7 +437,7 @@ COMMENT ON COLUMN {{.Inbox}}.attempts.id IS 'Attempt record id.';
 COMMENT ON COLUMN {{.Inbox}}.attempts.consumer IS 'Consumer name.';
 COMMENT ON COLUMN {{.Inbox}}.attempts.event_id IS 'Event id, NULL when the message carried none.';
 COMMENT ON COLUMN {{.Inbox}}.attempts.dead_letter_id IS 'dead_letters.id when the attempt parked the event or replayed a dead letter.';
-COMMENT ON COLUMN {{.Inbox}}.attempts.attempt IS 'Attempt number.';
+COMMENT ON COLUMN {{.Inbox}}.attempts.attempt IS 'Attempt number counted against the event after this attempt (unchanged for not_counted attempts).';
 COMMENT ON COLUMN {{.Inbox}}.attempts.started_at IS 'When the handler started.';
 COMMENT ON COLUMN {{.Inbox}}.attempts.duration_ms IS 'Handler duration, in milliseconds.';
 COMMENT ON COLUMN {{.Inbox}}.attempts.error_class IS 'Class of the error.';
