@@ -1,0 +1,233 @@
+package dashboard
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/outboxkit/outboxkit/internal/failure"
+	"github.com/outboxkit/outboxkit/internal/ops"
+	"github.com/outboxkit/outboxkit/internal/pgutil"
+)
+
+// maxReason bounds the reason typed into a form.
+const maxReason = 2000
+
+// redriveTimeout bounds a bulk redrive. It goes on if the browser leaves:
+// each replay is its own audited transaction, so stopping halfway would be
+// safe, but the operator would not see what was done.
+const redriveTimeout = 30 * time.Minute
+
+// reason reads the form's reason, or says why it cannot be used.
+func reason(r *http.Request) (string, string) {
+	text := strings.TrimSpace(r.PostForm.Get("reason"))
+	switch {
+	case text == "":
+		return "", "A reason is required: say why (an incident or ticket number helps whoever reads the audit log)."
+	case len(text) > maxReason:
+		return "", fmt.Sprintf("The reason is longer than %d characters.", maxReason)
+	}
+	return text, ""
+}
+
+// opsError turns an error of an action into a message for the operator.
+func opsError(err error) string {
+	switch {
+	case errors.Is(err, ops.ErrWrongStatus), errors.Is(err, ops.ErrNotFound), errors.Is(err, ops.ErrBadRef),
+		errors.Is(err, ops.ErrNoReason), errors.Is(err, ops.ErrNoActor):
+		return visible(err.Error())
+	}
+	return "The action failed and changed nothing: " + visible(pgutil.Redact(err.Error()))
+}
+
+func (s *server) logAction(rc reqCtx, action, target string, err error) {
+	if err != nil {
+		s.cfg.Logger.Warn("dashboard: action failed", slog.String("user", rc.sess.user), slog.String("action", action),
+			slog.String("target", target), slog.Any("error", err))
+		return
+	}
+	s.cfg.Logger.Info("dashboard: action", slog.String("user", rc.sess.user), slog.String("action", action),
+		slog.String("target", target))
+}
+
+// eventAction runs replay, drop, restore or edit on one outbox event, with
+// the signed-in user as the actor and the typed reason.
+func (s *server) eventAction(w http.ResponseWriter, r *http.Request, rc reqCtx) {
+	verb := r.PathValue("verb")
+	switch verb {
+	case "replay", "drop", "restore", "edit":
+	default:
+		s.errorPage(w, r, rc, http.StatusNotFound, "No such action.")
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), pageTimeout)
+	defer cancel()
+	ref, err := s.store.ParseRef(ctx, r.PathValue("ref"))
+	if err != nil {
+		if errors.Is(err, ops.ErrNotFound) || errors.Is(err, ops.ErrBadRef) {
+			s.errorPage(w, r, rc, http.StatusNotFound, err.Error())
+			return
+		}
+		s.internalError(w, r, rc, err)
+		return
+	}
+	back := "/events/" + url.PathEscape(ref.String())
+	why, bad := reason(r)
+	if bad != "" {
+		s.redirectFlash(w, r, rc, back, "error", bad)
+		return
+	}
+	a := ops.Action{Actor: rc.sess.user, Reason: why}
+	var out ops.Outcome
+	switch verb {
+	case "replay":
+		out, err = s.store.Replay(ctx, a, ref)
+	case "drop":
+		out, err = s.store.Drop(ctx, a, ref)
+	case "restore":
+		out, err = s.store.Restore(ctx, a, ref)
+	case "edit":
+		payload, ctype, msg := editedPayload(r)
+		if msg != "" {
+			s.redirectFlash(w, r, rc, back, "error", msg)
+			return
+		}
+		out, err = s.store.Edit(ctx, a, ref, payload, ctype)
+	}
+	s.logAction(rc, verb, ref.String(), err)
+	if err != nil {
+		s.redirectFlash(w, r, rc, back, "error", opsError(err))
+		return
+	}
+	text := fmt.Sprintf("%s %s.", ref, out.Result)
+	switch {
+	case verb == "replay":
+		text += " The relay publishes it on its next round; this page shows when."
+	case out.NewRef != nil:
+		text = fmt.Sprintf("%s edited: the corrected copy is %s and takes its place; the original is kept, dropped.", ref, out.NewRef)
+		back = "/events/" + url.PathEscape(out.NewRef.String())
+	}
+	if out.Note != "" {
+		text += " " + visible(out.Note) + "."
+	}
+	s.redirectFlash(w, r, rc, back, "ok", text)
+}
+
+// editedPayload reads the corrected payload of the edit form.
+func editedPayload(r *http.Request) ([]byte, string, string) {
+	raw := r.PostForm.Get("payload")
+	var payload []byte
+	switch r.PostForm.Get("encoding") {
+	case "", "text":
+		// Browsers send a textarea's line breaks as CRLF; payloads that
+		// need exact bytes are edited as base64.
+		payload = []byte(strings.ReplaceAll(raw, "\r\n", "\n"))
+	case "base64":
+		var err error
+		payload, err = base64.StdEncoding.DecodeString(strings.Join(strings.Fields(raw), ""))
+		if err != nil {
+			return nil, "", "The corrected payload is not valid base64."
+		}
+	default:
+		return nil, "", "Choose text or base64 for the payload."
+	}
+	if len(payload) == 0 {
+		return nil, "", "The corrected payload is empty."
+	}
+	ctype := strings.TrimSpace(r.PostForm.Get("content_type"))
+	if ctype != "" {
+		if _, _, err := mime.ParseMediaType(ctype); err != nil || len(ctype) > 200 {
+			return nil, "", "The content type is not a media type (e.g. application/json)."
+		}
+	}
+	return payload, ctype, ""
+}
+
+// redrive replays every parked outbox event matching the filter, in key
+// order, rate-limited, at most as many as the preview showed.
+func (s *server) redrive(w http.ResponseWriter, r *http.Request, rc reqCtx) {
+	f := readFilter(r.PostForm, 100)
+	f.Kind, f.Consumer, f.Dropped = "outbox", "", false
+	d := redriveData{Filter: f, Rate: 50, Classes: failure.Classes}
+	if v, err := strconv.ParseFloat(r.PostForm.Get("rate"), 64); err == nil && v > 0 {
+		d.Rate = min(v, 500)
+	}
+	of, err := f.opsFilter(time.Now())
+	if err != nil {
+		d.Err = err.Error()
+		s.render(w, r, http.StatusBadRequest, "redrive.html", s.pd(rc, "Bulk redrive", "redrive", d))
+		return
+	}
+	why, bad := reason(r)
+	if bad != "" {
+		d.Err = bad
+		s.render(w, r, http.StatusBadRequest, "redrive.html", s.pd(rc, "Bulk redrive", "redrive", d))
+		return
+	}
+	d.Reason = why
+	if n, err := strconv.Atoi(r.PostForm.Get("expected")); err == nil && n > 0 {
+		of.Limit = min(n, 10000)
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), redriveTimeout)
+	defer cancel()
+	outs, err := s.store.Redrive(ctx, ops.Action{Actor: rc.sess.user, Reason: why}, of, ops.RedriveOptions{PerSec: d.Rate})
+	s.logAction(rc, "redrive", f.Query(), err)
+	if err != nil && len(outs) == 0 {
+		d.Err = opsError(err)
+		s.render(w, r, http.StatusInternalServerError, "redrive.html", s.pd(rc, "Bulk redrive", "redrive", d))
+		return
+	}
+	if err != nil {
+		d.Err = "Stopped early: " + opsError(err)
+	}
+	counts := map[string]int{}
+	for _, o := range outs {
+		counts[o.Result]++
+	}
+	for k, v := range counts {
+		d.Counts = append(d.Counts, header{k, strconv.Itoa(v)})
+	}
+	d.Done, d.Results = true, outs
+	s.render(w, r, http.StatusOK, "redrive.html", s.pd(rc, "Bulk redrive", "redrive", d))
+}
+
+// laneAction runs retry-head, skip-head or release on one held key.
+func (s *server) laneAction(w http.ResponseWriter, r *http.Request, rc reqCtx) {
+	topic, key := r.PostForm.Get("topic"), r.PostForm.Get("key")
+	verb := ops.LaneAction(r.PostForm.Get("verb"))
+	back := "/lanes"
+	if verb != ops.LaneRetryHead && verb != ops.LaneSkipHead && verb != ops.LaneRelease {
+		s.redirectFlash(w, r, rc, back, "error", "Choose retry head, skip head or release.")
+		return
+	}
+	if topic == "" || key == "" {
+		s.redirectFlash(w, r, rc, back, "error", "The lane's topic and key are missing.")
+		return
+	}
+	why, bad := reason(r)
+	if bad != "" {
+		s.redirectFlash(w, r, rc, back, "error", bad)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), pageTimeout)
+	defer cancel()
+	out, err := s.store.ActOnLane(ctx, ops.Action{Actor: rc.sess.user, Reason: why}, topic, key, verb)
+	s.logAction(rc, "lane "+string(verb), topic+"/"+key, err)
+	if err != nil {
+		s.redirectFlash(w, r, rc, back, "error", opsError(err))
+		return
+	}
+	text := fmt.Sprintf("%s/%s: %s %s.", visible(topic), visible(key), out.Ref, out.Result)
+	if out.Note != "" {
+		text += " " + visible(out.Note) + "."
+	}
+	s.redirectFlash(w, r, rc, back, "ok", text)
+}
