@@ -109,7 +109,16 @@ const (
 	// AlreadyParked: the event is in this consumer's dead letters already
 	// (parked, blocked or dropped); nothing was done.
 	AlreadyParked
+	// Ignored: the event was replayed for another consumer (its
+	// ReplayToHeader names another consumer); nothing was done or recorded.
+	Ignored
 )
+
+// ReplayToHeader is the event header by which "outboxkit replay --consumer C"
+// addresses a replayed event to consumer C alone. Every other consumer
+// acknowledges it without applying or recording it (Outcome Ignored); C
+// applies it like any delivery, deduplication and order guard included.
+const ReplayToHeader = "outboxkit-replay-to"
 
 func (o Outcome) String() string {
 	switch o {
@@ -123,6 +132,8 @@ func (o Outcome) String() string {
 		return "blocked"
 	case AlreadyParked:
 		return "already_parked"
+	case Ignored:
+		return "ignored"
 	}
 	return "unknown"
 }

@@ -773,3 +773,71 @@ func TestHandleStopsWithContext(t *testing.T) {
 	b.fail.set(nil)
 	b.expect(e.delivery(), inbox.Applied)
 }
+
+// An event replayed for one consumer (outboxkit replay --consumer) is
+// ignored by the others and applied once by that one.
+func TestReplayAddressedToOneConsumer(t *testing.T) {
+	t.Parallel()
+	b := newBundle(t, nil)
+	reporting := b.newInbox(b.db.Pool, fastConfig("reporting"))
+	e := event("k", 1)
+	e.extraHdr = []inbox.Header{{Name: inbox.ReplayToHeader, Value: []byte("billing")}}
+	if out, err := reporting.Handle(context.Background(), e.delivery()); err != nil || out != inbox.Ignored {
+		t.Fatalf("reporting: %s %v", out, err)
+	}
+	b.expect(e.delivery(), inbox.Applied)
+	b.expect(e.delivery(), inbox.Duplicate)
+	if n := b.count(`SELECT count(*) FROM inbox.processed WHERE consumer = 'reporting'`); n != 0 {
+		t.Fatalf("reporting recorded %d events", n)
+	}
+}
+
+// HandleBatch applies a run of in-order events in one transaction, and
+// falls back to Handle, one by one, for anything else: same effects.
+func TestHandleBatch(t *testing.T) {
+	t.Parallel()
+	b := newBundle(t, nil)
+	ctx := context.Background()
+	var ds []inbox.Delivery
+	var evs []testEvent
+	for i := range 10 {
+		e := event(fmt.Sprintf("k%d", i%3), int64(i/3+1))
+		evs = append(evs, e)
+		ds = append(ds, e.delivery())
+	}
+	outs, err := b.in.HandleBatch(ctx, ds)
+	if err != nil || len(outs) != 10 {
+		t.Fatalf("batch: %v %v", outs, err)
+	}
+	for i, o := range outs {
+		if o != inbox.Applied {
+			t.Fatalf("delivery %d: %s", i, o)
+		}
+	}
+	// Redelivered, plus new ones: duplicates and applied, still one transaction.
+	more := append(ds[7:], event("k0", 5).delivery(), event("k9", 1).delivery())
+	if outs, err := b.in.HandleBatch(ctx, more); err != nil || fmt.Sprint(outs) != "[duplicate duplicate duplicate applied applied]" {
+		t.Fatalf("batch with duplicates: %v %v", outs, err)
+	}
+	// A failing event, a gap and garbage: the batch goes one by one.
+	bad := event("k1", 5)
+	b.fail.set(func(ev *inbox.Event) error {
+		if ev.ID == bad.id {
+			return inbox.Permanent(errors.New("refused"))
+		}
+		return nil
+	})
+	mixed := []inbox.Delivery{event("k2", 4).delivery(), bad.delivery(), event("k1", 6).delivery(),
+		event("gap", 3).delivery(), {Binding: inbox.BindingKafka, Topic: "payments", Payload: []byte("?")},
+		event("k2", 5).delivery()}
+	outs, err = b.in.HandleBatch(ctx, mixed)
+	if err != nil || fmt.Sprint(outs) != "[applied parked blocked parked parked applied]" {
+		t.Fatalf("mixed batch: %v %v", outs, err)
+	}
+	if got := b.effectOrder("k2"); fmt.Sprint(got) != "[1 2 3 4 5]" {
+		t.Fatalf("k2 applied %v", got)
+	}
+	if n := b.count(`SELECT count(*) FROM effects`); n != 14 {
+		t.Fatalf("%d effects", n)
+	}
+}

@@ -183,6 +183,9 @@ func (in *Inbox) Handle(ctx context.Context, d Delivery) (Outcome, error) {
 			return in.parkMalformed(ctx, m)
 		})
 	}
+	if to, ok := m.ev.Headers[ReplayToHeader]; ok && to != in.cfg.Consumer {
+		return Ignored, nil
+	}
 	counted := -1 // counted attempts so far, read from the database at the first failure
 	outages := 0
 	for {

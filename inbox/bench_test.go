@@ -1,0 +1,204 @@
+package inbox_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outboxkit/outboxkit/inbox"
+	"github.com/outboxkit/outboxkit/internal/testenv"
+)
+
+// BenchmarkDedupCost measures events/s through Handle with a one-INSERT
+// handler against the same handler in a plain transaction (no inbox record,
+// no order guard), in interleaved rounds of the same run, and reports the
+// medians and the overhead. Workers stand for Kafka partitions: each
+// handles its own keys in order.
+//
+//	go test -run '^$' -bench DedupCost -benchtime 1x ./inbox/
+//
+// inbox-batch is HandleBatch with batches of OUTBOXKIT_BENCH_BATCH (default
+// 100) events per worker, as the adapters call it under load.
+//
+// OUTBOXKIT_BENCH_EVENTS (default 4000) events per round and variant,
+// OUTBOXKIT_BENCH_ROUNDS (default 5), OUTBOXKIT_BENCH_WORKERS (default 8).
+func BenchmarkDedupCost(b *testing.B) {
+	events := envInt("OUTBOXKIT_BENCH_EVENTS", 4000)
+	rounds := envInt("OUTBOXKIT_BENCH_ROUNDS", 5)
+	workers := envInt("OUTBOXKIT_BENCH_WORKERS", 8)
+	db := testenv.NewDB(b)
+	ctx := context.Background()
+	pcfg, err := pgxpool.ParseConfig(db.URL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pcfg.MaxConns = int32(workers + 2)
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pool.Close()
+	if _, err := pool.Exec(ctx, `CREATE TABLE bench_effects (event_id uuid NOT NULL, key text NOT NULL, sequence bigint NOT NULL, payload bytea NOT NULL)`); err != nil {
+		b.Fatal(err)
+	}
+	insert := func(ctx context.Context, tx pgx.Tx, ev *inbox.Event) error {
+		_, err := tx.Exec(ctx, `INSERT INTO bench_effects (event_id, key, sequence, payload) VALUES ($1, $2, $3, $4)`,
+			ev.ID, ev.Key, ev.Sequence, ev.Payload)
+		return err
+	}
+	in, err := inbox.New(pool, &inbox.Config{Consumer: "bench", ConsumerVersion: "bench", Logger: testLogger()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	in.Register("bench.event", 1, insert)
+
+	seq := map[string]int64{}
+	var seqMu sync.Mutex
+	// batch builds one round's deliveries: per worker a slice, keys
+	// worker-w-k, sequences continuing across rounds.
+	batch := func(prefix string, keyed bool) [][]inbox.Delivery {
+		out := make([][]inbox.Delivery, workers)
+		seqMu.Lock()
+		defer seqMu.Unlock()
+		for w := range workers {
+			for i := range events / workers {
+				e := testEvent{id: uuid.Must(uuid.NewV7()), typ: "bench.event", topic: "bench",
+					payload: []byte(`{"amount_cents":12500,"currency":"EUR"}`), offset: 1}
+				if keyed {
+					e.key = fmt.Sprintf("%s-%d-%d", prefix, w, i%16)
+					seq[e.key]++
+					e.seq = seq[e.key]
+				}
+				out[w] = append(out[w], e.delivery())
+			}
+		}
+		return out
+	}
+	run := func(name string, ds [][]inbox.Delivery, handle func(inbox.Delivery) error) float64 {
+		start := time.Now()
+		var wg sync.WaitGroup
+		errs := make(chan error, workers)
+		for _, part := range ds {
+			wg.Go(func() {
+				for _, d := range part {
+					if err := handle(d); err != nil {
+						errs <- fmt.Errorf("%s: %w", name, err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			b.Fatal(err)
+		}
+		n := 0
+		for _, p := range ds {
+			n += len(p)
+		}
+		return float64(n) / time.Since(start).Seconds()
+	}
+	batchSize := envInt("OUTBOXKIT_BENCH_BATCH", 100)
+	runBatch := func(name string, ds [][]inbox.Delivery) float64 {
+		start := time.Now()
+		var wg sync.WaitGroup
+		errs := make(chan error, workers)
+		for _, part := range ds {
+			wg.Go(func() {
+				for i := 0; i < len(part); i += batchSize {
+					outs, err := in.HandleBatch(ctx, part[i:min(i+batchSize, len(part))])
+					if err == nil && outs[0] != inbox.Applied {
+						err = fmt.Errorf("outcome %s", outs[0])
+					}
+					if err != nil {
+						errs <- fmt.Errorf("%s: %w", name, err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			b.Fatal(err)
+		}
+		return float64(events/workers*workers) / time.Since(start).Seconds()
+	}
+	viaInbox := func(d inbox.Delivery) error {
+		out, err := in.Handle(ctx, d)
+		if err == nil && out != inbox.Applied {
+			err = fmt.Errorf("outcome %s", out)
+		}
+		return err
+	}
+	// plain is what a consumer without the inbox does: decode nothing more
+	// than needed and run the handler in its own transaction.
+	plain := func(d inbox.Delivery) error {
+		ev := &inbox.Event{ID: uuid.Must(uuid.NewV7()), Payload: d.Payload}
+		for _, h := range d.Headers {
+			switch h.Name {
+			case "ce_partitionkey":
+				ev.Key = string(h.Value)
+			case "ce_sequence":
+				ev.Sequence, _ = strconv.ParseInt(string(h.Value), 10, 64)
+			}
+		}
+		return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return insert(ctx, tx, ev) })
+	}
+
+	results := map[string][]float64{}
+	for i := 0; i < b.N; i++ {
+		// Warm up connections, caches and prepared statements.
+		run("warm-up", batch("warm", true), viaInbox)
+		run("warm-up", batch("warm-plain", true), plain)
+		for r := range rounds {
+			prefix := fmt.Sprintf("r%d", r)
+			order := []string{"handler-only", "inbox-keyed", "inbox-keyless", "inbox-batch"}
+			if r%2 == 1 {
+				slices.Reverse(order)
+			}
+			for _, v := range order {
+				switch v {
+				case "handler-only":
+					results[v] = append(results[v], run(v, batch(prefix+"p", true), plain))
+				case "inbox-keyed":
+					results[v] = append(results[v], run(v, batch(prefix+"k", true), viaInbox))
+				case "inbox-keyless":
+					results[v] = append(results[v], run(v, batch(prefix+"u", false), viaInbox))
+				case "inbox-batch":
+					results[v] = append(results[v], runBatch(v, batch(prefix+"b", true)))
+				}
+			}
+		}
+	}
+	med := func(v string) float64 {
+		xs := slices.Clone(results[v])
+		slices.Sort(xs)
+		return xs[len(xs)/2]
+	}
+	plainMed, keyedMed, keylessMed := med("handler-only"), med("inbox-keyed"), med("inbox-keyless")
+	b.ReportMetric(plainMed, "handler-only-events/s")
+	b.ReportMetric(keyedMed, "inbox-keyed-events/s")
+	b.ReportMetric(keylessMed, "inbox-keyless-events/s")
+	b.ReportMetric(med("inbox-batch"), "inbox-batch-events/s")
+	b.ReportMetric(100*(plainMed/keyedMed-1), "keyed-overhead-%")
+	b.ReportMetric(100*(plainMed/keylessMed-1), "keyless-overhead-%")
+	b.Logf("workers %d, %d events per round and variant, %d rounds; rounds: %v", workers, events, rounds, results)
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
