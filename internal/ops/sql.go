@@ -167,9 +167,10 @@ const (
        m.created_at, m.published_at, coalesce(m.broker_ack, ''), coalesce(m.last_error_class, ''),
        coalesce(m.last_error, ''), coalesce(m.correlation_id, '')
   FROM {{O}}.messages m
- WHERE ($1::text IS NULL OR (m.key = $1 AND m.key <> ''))
-   AND ($2::uuid IS NULL OR m.event_id = $2)
-   AND ($3::text IS NULL OR m.correlation_id = $3)
+ WHERE m.key = $1 AND m.key <> '' AND m.status <> 'dropped' AND $1::text IS NOT NULL -- messages_lane_idx
+    OR m.key = $1 AND m.status = 'dropped' AND $1::text IS NOT NULL                  -- messages_dropped_idx
+    OR m.event_id = $2 AND $2::uuid IS NOT NULL                                      -- messages_event_id_key
+    OR m.correlation_id = $3 AND $3::text IS NOT NULL                                -- full scan: rare, bounded by LIMIT
  ORDER BY m.id
  LIMIT $4`
 

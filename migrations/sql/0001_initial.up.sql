@@ -140,6 +140,9 @@ CREATE INDEX messages_pending_idx ON {{.Outbox}}.messages (partition, id) WHERE 
 -- gives its corrected copy the same place in the lane.
 CREATE UNIQUE INDEX messages_lane_idx ON {{.Outbox}}.messages (key, topic, sequence) WHERE key <> '' AND status <> 'dropped';
 CREATE INDEX messages_parked_idx ON {{.Outbox}}.messages (topic, id) WHERE status = 'parked';
+-- Dropped events by key, for the operator's timeline: messages_lane_idx
+-- leaves them out.
+CREATE INDEX messages_dropped_idx ON {{.Outbox}}.messages (key, topic) WHERE status = 'dropped';
 CREATE INDEX messages_blocked_idx ON {{.Outbox}}.messages (topic, id) WHERE status = 'blocked';
 -- Time-range scans (replay, DBA queries). BRIN: tiny and nearly free to maintain.
 CREATE INDEX messages_created_at_brin ON {{.Outbox}}.messages USING brin (created_at);
@@ -196,7 +199,7 @@ CREATE TABLE {{.Outbox}}.lanes (
     PRIMARY KEY (topic, key),
     CONSTRAINT lanes_key_not_empty CHECK (key <> ''),
     CONSTRAINT lanes_sequence_positive CHECK (last_sequence > 0)
-);
+) WITH (fillfactor = 70); -- every Enqueue updates its lane row: room for HOT updates keeps the table small
 -- The relay releases a blocked lane when the event it waits for (a replayed
 -- or corrected head) is published: a probe of this small index per batch.
 CREATE INDEX lanes_blocked_by_idx ON {{.Outbox}}.lanes (blocked_by) WHERE blocked_by IS NOT NULL;
