@@ -30,6 +30,9 @@ func (in *Inbox) HandleBatch(ctx context.Context, ds []Delivery) ([]Outcome, err
 		return []Outcome{out}, nil
 	}
 	if outs, ok := in.tryBatch(ctx, ds); ok {
+		for _, o := range outs {
+			in.counts[o].Add(1)
+		}
 		return outs, nil
 	}
 	outs := make([]Outcome, 0, len(ds))

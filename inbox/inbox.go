@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -32,6 +33,8 @@ type Inbox struct {
 	log     *slog.Logger
 	breaker *breaker
 	actor   string // audit actor of the inbox's own actions
+
+	counts [Ignored + 1]atomic.Int64 // deliveries settled, by Outcome
 
 	mu         sync.RWMutex
 	handlers   map[typeVersion]Handler
@@ -177,6 +180,26 @@ func (in *Inbox) BreakerOpen() bool { return in.breaker.isOpen() }
 // the call (see the package documentation), and waits while the breaker is
 // open.
 func (in *Inbox) Handle(ctx context.Context, d Delivery) (Outcome, error) {
+	out, err := in.handle(ctx, d)
+	if err == nil {
+		in.counts[out].Add(1)
+	}
+	return out, err
+}
+
+// Stats counts the deliveries this Inbox settled since it was created.
+type Stats struct {
+	Applied, Duplicate, Parked, Blocked, AlreadyParked, Ignored int64
+}
+
+// Stats returns the deliveries settled so far, by outcome.
+func (in *Inbox) Stats() Stats {
+	return Stats{Applied: in.counts[Applied].Load(), Duplicate: in.counts[Duplicate].Load(),
+		Parked: in.counts[Parked].Load(), Blocked: in.counts[Blocked].Load(),
+		AlreadyParked: in.counts[AlreadyParked].Load(), Ignored: in.counts[Ignored].Load()}
+}
+
+func (in *Inbox) handle(ctx context.Context, d Delivery) (Outcome, error) {
 	m := decode(&d)
 	if m.bad != nil {
 		return in.settle(ctx, func() (Outcome, error) {
