@@ -49,13 +49,14 @@ const (
 	chartBottom = 26
 )
 
-// niceCeil rounds v up to 1, 2 or 5 times a power of ten (at least 1).
+// niceCeil rounds v up to 2, 4, 6, 8 or 10 times a power of ten (at least
+// 2), so the middle grid line is a whole number too.
 func niceCeil(v float64) float64 {
-	if v <= 1 {
-		return 1
+	if v <= 2 {
+		return 2
 	}
 	p := math.Pow(10, math.Floor(math.Log10(v)))
-	for _, m := range []float64{1, 2, 5, 10} {
+	for _, m := range []float64{1, 2, 4, 6, 8, 10} {
 		if v <= m*p {
 			return m * p
 		}

@@ -33,6 +33,7 @@ type overviewData struct {
 	Stats                               *ops.Stats
 	Topics                              []topicRow
 	Pending, Blocked, Parked, Scheduled int64
+	Waiting                             int64 // pending + blocked
 	OldestPending                       float64
 	OldestTopic                         string
 	DeadLetters                         []deadLetterRow
@@ -84,6 +85,7 @@ func (s *server) overview(w http.ResponseWriter, r *http.Request, rc reqCtx) {
 			d.Scheduled += b.Events
 		}
 	}
+	d.Waiting = d.Pending + d.Blocked
 	for _, t := range topics {
 		d.Topics = append(d.Topics, *t)
 	}

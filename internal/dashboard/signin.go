@@ -39,7 +39,12 @@ func (s *server) signInForm(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) renderSignIn(w http.ResponseWriter, r *http.Request, status int, next, msg string) {
+	// Keep the token of a form already open: a second load (another tab,
+	// the browser's own requests) must not invalidate the first form.
 	tok := randomToken()
+	if c, err := r.Cookie(signInCookie); err == nil && len(c.Value) == len(tok) {
+		tok = c.Value
+	}
 	http.SetCookie(w, &http.Cookie{Name: signInCookie, Value: tok, Path: "/signin", HttpOnly: true, Secure: s.secure(r),
 		SameSite: http.SameSiteStrictMode, MaxAge: 3600})
 	s.render(w, r, status, "signin.html", pageData{Title: "Sign in", CSRF: tok, Data: signInData{Next: next, Message: msg}})
