@@ -467,3 +467,18 @@ func TestParseUsers(t *testing.T) {
 		t.Errorf("list error: %v", err)
 	}
 }
+
+// Signing in again and again keeps at most 20 sessions of a user alive:
+// the oldest ends.
+func TestSessionsPerUserBounded(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *dashboard.Config) { c.SignInAttempts = 100 })
+	first := e.client().signIn("alice", aliceToken)
+	for i := 0; i < 20; i++ {
+		e.clock.Advance(time.Second)
+		e.client().signIn("alice", aliceToken)
+	}
+	if r, _ := first.get("/lanes"); r.StatusCode != http.StatusSeeOther {
+		t.Errorf("the oldest of 21 sessions is still alive: %d", r.StatusCode)
+	}
+}

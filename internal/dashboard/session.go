@@ -52,16 +52,34 @@ func (s *sessions) expired(x *session, now time.Time) bool {
 	return now.Sub(x.created) >= s.ttl || now.Sub(x.seen) >= s.idle
 }
 
+// maxSessionsPerUser bounds the live sessions of one user: signing in once
+// more ends the oldest, so a script that signs in in a loop cannot fill the
+// memory.
+const maxSessionsPerUser = 20
+
 // create starts a session for user and returns its cookie value.
 func (s *sessions) create(user string) string {
 	id := randomToken()
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	mine := 0
+	var oldest [sha256.Size]byte
+	var oldestAt time.Time
 	for k, x := range s.m {
 		if s.expired(x, now) {
 			delete(s.m, k)
+			continue
 		}
+		if x.user == user {
+			mine++
+			if oldestAt.IsZero() || x.created.Before(oldestAt) {
+				oldest, oldestAt = k, x.created
+			}
+		}
+	}
+	if mine >= maxSessionsPerUser {
+		delete(s.m, oldest)
 	}
 	s.m[sha256.Sum256([]byte(id))] = &session{user: user, csrf: randomToken(), created: now, seen: now}
 	return id
