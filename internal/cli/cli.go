@@ -45,6 +45,8 @@ func commands() map[string]command {
 		"stats":   {"backlog, rates, parked, dead letters, partitions and relays", runStats},
 		"audit":   {"the audit log of operator and system actions", runAudit},
 		"replay":  {"send published events of a time range again, to every consumer or one", runReplay},
+		"sweep":   {"run the sweeper: reclaim, rescue, retry, retention, reconcile, alarms (one leader)", runSweep},
+		"serve":   {"the web dashboard: backlog, parked events, dead letters, actions, audit (signed-in users only)", runServe},
 	}
 }
 

@@ -146,6 +146,10 @@ CREATE INDEX messages_dropped_idx ON {{.Outbox}}.messages (key, topic) WHERE sta
 CREATE INDEX messages_blocked_idx ON {{.Outbox}}.messages (topic, id) WHERE status = 'blocked';
 -- Time-range scans (replay, DBA queries). BRIN: tiny and nearly free to maintain.
 CREATE INDEX messages_created_at_brin ON {{.Outbox}}.messages USING brin (created_at);
+-- Publish rates (outboxkit stats, the dashboard): a published row is a new
+-- tuple version at the end of the heap, so published_at follows the
+-- physical order closely enough for BRIN.
+CREATE INDEX messages_published_at_brin ON {{.Outbox}}.messages USING brin (published_at);
 
 CREATE TABLE {{.Outbox}}.scheduled (
     event_id       uuid        PRIMARY KEY,
