@@ -159,7 +159,7 @@ func (in *Inbox) applyDeadLetter(ctx context.Context, r *dlRow, mode applyMode) 
 		}
 		if keyed && in.cfg.OnPark == OnParkBlock {
 			var earlierID, earlierSeq int64
-			switch err := tx.QueryRow(hctx, in.sql.earlierInLane, in.cfg.Consumer, r.topic, r.key, r.sequence).Scan(&earlierID, &earlierSeq); {
+			switch err := tx.QueryRow(hctx, in.sql.earlierInLane, in.cfg.Consumer, r.topic, r.key, r.sequence, lane.last).Scan(&earlierID, &earlierSeq); {
 			case err == nil:
 				return false, fmt.Errorf("%w: dead letter %d (sequence %d) of the same key comes first: redrive it first",
 					ErrNotRedrivable, earlierID, earlierSeq)

@@ -144,9 +144,12 @@ VALUES ($1, $2, 'inbox_dead_letter', $3::text[], $4, $5, $6, $7)`
        coalesce(source->>'content_type_property', ''), coalesce(source->>'binding', ''), coalesce(blocked_by, 0)
   FROM {{I}}.dead_letters WHERE id = $1`
 
-	// earlierInLaneSQL: an open dead letter of the lane before sequence $4.
+	// earlierInLaneSQL: an open dead letter of the lane that is still to
+	// be applied (after the lane's last sequence $5) and comes before
+	// sequence $4. Rows at or below the last sequence (conflicts, late
+	// arrivals) hold nothing back.
 	earlierInLaneSQL = `SELECT id, sequence FROM {{I}}.dead_letters
- WHERE consumer = $1 AND topic = $2 AND key = $3 AND status IN ('parked', 'blocked') AND sequence < $4
+ WHERE consumer = $1 AND topic = $2 AND key = $3 AND status IN ('parked', 'blocked') AND sequence < $4 AND sequence > $5
  ORDER BY sequence, id LIMIT 1`
 
 	// deadLetterStateSQL is the audit "before" of a dead letter.

@@ -1,0 +1,112 @@
+package inbox_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outboxkit/outboxkit/inbox"
+	"github.com/outboxkit/outboxkit/internal/testenv"
+	"github.com/outboxkit/outboxkit/migrations"
+)
+
+// Every path of the inbox (apply, duplicate, conflict, park, block, gap,
+// malformed, retries, redrive and release) works for a login role that has
+// only the consumer role's privileges (migrations.ApplyRoles) plus its own
+// business table.
+func TestWorksWithTheConsumerRole(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := newBundle(t, nil)
+	prefix := fmt.Sprintf("okti%d_%s", os.Getpid(), strings.ReplaceAll(testenv.UniqueName("r")[len("r-"):], "-", "_"))
+	prefix = strings.ToLower(prefix)
+	if len(prefix) > 40 {
+		prefix = prefix[:40]
+	}
+	t.Cleanup(func() { dropRoles(b.db, prefix) })
+	if err := migrations.ApplyRoles(ctx, b.db.URL, nil, prefix); err != nil {
+		t.Fatal(err)
+	}
+	login := prefix + "_consumer_login"
+	for _, q := range []string{
+		"CREATE ROLE " + pgx.Identifier{login}.Sanitize() + " LOGIN",
+		"GRANT " + pgx.Identifier{prefix + "_consumer"}.Sanitize() + " TO " + pgx.Identifier{login}.Sanitize(),
+		"GRANT SELECT, INSERT ON effects TO " + pgx.Identifier{login}.Sanitize(),
+	} {
+		if _, err := b.db.Pool.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u, err := url.Parse(b.db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.User(login)
+	pool, err := pgxpool.New(ctx, u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	b.in = b.newInbox(pool, b.cfg)
+
+	e1, e2, e3 := event("k", 1), event("k", 2), event("k", 3)
+	b.expect(e1.delivery(), inbox.Applied)
+	b.expect(e1.delivery(), inbox.Duplicate)
+	forged := e1
+	forged.payload = []byte("other")
+	b.expect(forged.delivery(), inbox.Parked)
+	b.expect(event("gap", 2).delivery(), inbox.Parked)
+	b.expect(event("gap", 1).delivery(), inbox.Applied) // releases gap 2
+	b.expect(inbox.Delivery{Binding: inbox.BindingKafka, Topic: "payments", Payload: []byte{0xff}}, inbox.Parked)
+
+	fail := true
+	b.fail.set(func(ev *inbox.Event) error {
+		if fail && ev.ID == e2.id {
+			return errors.New("transient")
+		}
+		return nil
+	})
+	b.expect(e2.delivery(), inbox.Parked) // after MaxAttempts
+	b.expect(e3.delivery(), inbox.Blocked)
+	fail = false
+	if err := b.in.Redrive(ctx, b.deadLetter(e2.id).ID, "alice", "fixed"); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.effectOrder("k"); fmt.Sprint(got) != "[1 2 3]" {
+		t.Fatalf("applied %v", got)
+	}
+	if got := b.effectOrder("gap"); fmt.Sprint(got) != "[1 2]" {
+		t.Fatalf("gap lane applied %v", got)
+	}
+}
+
+func dropRoles(db *testenv.DB, prefix string) {
+	ctx := context.Background()
+	admin, err := pgx.Connect(ctx, testenv.AdminURL())
+	if err != nil {
+		return
+	}
+	defer admin.Close(ctx)
+	rows, _ := admin.Query(ctx, `SELECT rolname FROM pg_roles WHERE rolname LIKE $1 || '\_%'`, prefix)
+	names, _ := pgx.CollectRows(rows, pgx.RowTo[string])
+	if conn, err := pgx.Connect(ctx, db.URL); err == nil {
+		for _, n := range names {
+			conn.Exec(ctx, "DROP OWNED BY "+pgx.Identifier{n}.Sanitize()) //nolint:errcheck
+		}
+		conn.Close(ctx)
+	}
+	for _, suffix := range []bool{true, false} { // logins first, then the groups they belong to
+		for _, n := range names {
+			if strings.HasSuffix(n, "_login") == suffix {
+				admin.Exec(ctx, "DROP ROLE IF EXISTS "+pgx.Identifier{n}.Sanitize()) //nolint:errcheck
+			}
+		}
+	}
+}
