@@ -161,7 +161,7 @@ func TestActionsAuditedWithSignedInActor(t *testing.T) {
 
 	// The effects.
 	for id, want := range map[int64]string{replayIDs[0]: "pending", dropIDs[0]: "parked", editIDs[0]: "dropped",
-		retryIDs[0]: "pending", skipIDs[0]: "dropped", skipIDs[1]: "pending", relIDs[0]: "parked", relIDs[1]: "pending",
+		retryIDs[0]: "pending", skipIDs[0]: "dropped", skipIDs[1]: "blocked", relIDs[0]: "parked", relIDs[1]: "pending",
 		bulk[0][0]: "pending", bulk[1][0]: "pending"} {
 		if got := status(t, e.db.Pool, id); got != want {
 			t.Errorf("o:%d is %s, want %s", id, got, want)

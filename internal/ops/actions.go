@@ -100,8 +100,11 @@ func (s *Store) Replay(ctx context.Context, a Action, ref Ref) (Outcome, error) 
 }
 
 // Drop soft-deletes a parked or blocked outbox event: it stays in the table
-// with status dropped and is never published; Restore undoes it. If it was
-// the event its lane waited for, the lane flows again (the head is skipped).
+// with status dropped and is never published; Restore undoes it. A keyed
+// event leaves a skip marker (wire.SkippedType, no payload) in its place in
+// the lane, so consumers advance past its sequence instead of waiting for it
+// forever; a lane that waited for the dropped event waits for the marker,
+// and its later events follow once the marker is published.
 func (s *Store) Drop(ctx context.Context, a Action, ref Ref) (Outcome, error) {
 	if err := a.check(); err != nil {
 		return Outcome{}, err
@@ -119,34 +122,34 @@ func (s *Store) Drop(ctx context.Context, a Action, ref Ref) (Outcome, error) {
 		if err := tx.QueryRow(ctx, s.sql.dropMessage, ref.ID).Scan(&after); err != nil {
 			return err
 		}
-		released, err := s.releaseIfHead(ctx, tx, l, ref.ID)
-		if err != nil {
-			return err
+		details := map[string]any{"ref": ref.String()}
+		if l.key != "" {
+			markerStatus := "blocked"
+			if l.status == "parked" {
+				markerStatus = "pending"
+			}
+			markerEvent, err := uuid.NewV7()
+			if err != nil {
+				return err
+			}
+			var markerID int64
+			if err := tx.QueryRow(ctx, s.sql.insertSkipMarker, ref.ID, markerEvent, markerStatus).Scan(&markerID); err != nil {
+				return err
+			}
+			tag, err := tx.Exec(ctx, s.sql.retargetLane, ref.ID, markerID)
+			if err != nil {
+				return err
+			}
+			out.NewRef = &Ref{KindOutbox, markerID}
+			out.Note = fmt.Sprintf("skip marker %s takes its place in key %q", out.NewRef, l.key)
+			if tag.RowsAffected() > 0 {
+				out.Note += "; the key's waiting events follow once the marker is published"
+			}
+			details["skip_marker"] = out.NewRef.String()
 		}
-		if released {
-			out.Note = "its key was blocked by it: the key's later events flow again"
-		}
-		return s.audit(ctx, tx, a, "drop", []string{l.eventID.String()}, l.before, after,
-			map[string]any{"ref": ref.String(), "lane_released": released})
+		return s.audit(ctx, tx, a, "drop", []string{l.eventID.String()}, l.before, after, details)
 	})
 	return out, err
-}
-
-// releaseIfHead lets the lane of l flow again if it is blocked by row id.
-func (s *Store) releaseIfHead(ctx context.Context, tx pgx.Tx, l *locked, id int64) (bool, error) {
-	if l.key == "" {
-		return false, nil
-	}
-	var blocked bool
-	var head int64
-	err := tx.QueryRow(ctx, s.sql.laneHead, l.topic, l.key).Scan(&blocked, &head)
-	if errors.Is(err, pgx.ErrNoRows) || (err == nil && (!blocked || head != id)) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	return true, s.releaseLane(ctx, tx, l.topic, l.key)
 }
 
 func (s *Store) releaseLane(ctx context.Context, tx pgx.Tx, topic, key string) error {
@@ -157,8 +160,10 @@ func (s *Store) releaseLane(ctx context.Context, tx pgx.Tx, topic, key string) e
 	return err
 }
 
-// Restore undoes a Drop: the event gets back the status it had before.
-// Its lane is not blocked again (its later events may have gone out).
+// Restore undoes a Drop: the event gets back the status it had before, and
+// takes its lane place back from its skip marker. Once the marker has been
+// published, consumers have moved past the event: Restore refuses, and the
+// event can only be sent again as a corrected copy of a parked event.
 func (s *Store) Restore(ctx context.Context, a Action, ref Ref) (Outcome, error) {
 	if err := a.check(); err != nil {
 		return Outcome{}, err
@@ -172,13 +177,31 @@ func (s *Store) Restore(ctx context.Context, a Action, ref Ref) (Outcome, error)
 		if l.status != "dropped" {
 			return fmt.Errorf("%s is %s, only dropped events are restored: %w", ref, l.status, ErrWrongStatus)
 		}
+		if l.key != "" {
+			var markerID int64
+			var markerStatus string
+			err := tx.QueryRow(ctx, s.sql.findSkipMarker, ref.ID).Scan(&markerID, &markerStatus)
+			switch {
+			case errors.Is(err, pgx.ErrNoRows):
+			case err != nil:
+				return err
+			case markerStatus != "pending" && markerStatus != "blocked":
+				return fmt.Errorf("%s: its skip marker o:%d is %s: consumers have moved past this event, so it cannot take its place again: %w",
+					ref, markerID, markerStatus, ErrWrongStatus)
+			default:
+				if _, err := tx.Exec(ctx, s.sql.dropMarker, markerID); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, s.sql.retargetLane, markerID, ref.ID); err != nil {
+					return err
+				}
+			}
+		}
 		prev := "parked"
 		if err := tx.QueryRow(ctx, s.sql.lastDrop, l.eventID.String()).Scan(&prev); err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}
-		if prev == "blocked" {
-			// A blocked event waits for its head; once restored it waits as
-			// parked, for an operator to replay it in order.
+		if prev != "parked" && prev != "blocked" {
 			prev = "parked"
 		}
 		var after json.RawMessage

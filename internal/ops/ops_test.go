@@ -122,13 +122,16 @@ func TestDropRestoreExactRow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out.Note, "flow again") {
-		t.Errorf("drop of a lane head: note %q", out.Note)
+	if out.NewRef == nil || !strings.Contains(out.Note, "skip marker") {
+		t.Fatalf("drop of a keyed head: %+v", out)
 	}
-	var pending int
-	db.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox.messages WHERE key = 'p-2' AND status = 'pending'`).Scan(&pending)
-	if pending != 2 {
-		t.Errorf("%d followers pending after skipping the head, want 2", pending)
+	// The marker takes the dropped event's lane place; the lane waits for it.
+	var markerType, markerStatus string
+	var markerSeq, blockedBy int64
+	db.Pool.QueryRow(ctx, `SELECT type, status, sequence FROM outbox.messages WHERE id = $1`, out.NewRef.ID).Scan(&markerType, &markerStatus, &markerSeq)
+	db.Pool.QueryRow(ctx, `SELECT blocked_by FROM outbox.lanes WHERE key = 'p-2'`).Scan(&blockedBy)
+	if markerType != "outboxkit.skipped" || markerStatus != "pending" || markerSeq != 1 || blockedBy != out.NewRef.ID {
+		t.Errorf("marker %s %s #%d, lane waits for %d", markerType, markerStatus, markerSeq, blockedBy)
 	}
 	if _, err := s.Drop(ctx, who, ref); !errors.Is(err, ops.ErrWrongStatus) {
 		t.Errorf("second drop: %v", err)
@@ -138,6 +141,11 @@ func TestDropRestoreExactRow(t *testing.T) {
 	}
 	if after := rowJSON(t, db.Pool, ids[0]); after != before {
 		t.Errorf("restore changed the row:\nbefore %s\nafter  %s", before, after)
+	}
+	db.Pool.QueryRow(ctx, `SELECT status FROM outbox.messages WHERE id = $1`, out.NewRef.ID).Scan(&markerStatus)
+	db.Pool.QueryRow(ctx, `SELECT blocked_by FROM outbox.lanes WHERE key = 'p-2'`).Scan(&blockedBy)
+	if markerStatus != "dropped" || blockedBy != ids[0] {
+		t.Errorf("after restore: marker %s, lane waits for %d (want the restored event %d)", markerStatus, blockedBy, ids[0])
 	}
 	if auditCount(t, db.Pool, "drop") != 1 || auditCount(t, db.Pool, "restore") != 1 {
 		t.Error("drop and restore must each write one audit entry")

@@ -104,6 +104,23 @@ SELECT $3, topic, key, partition, sequence, type, version, $2, coalesce($4, cont
   FROM {{O}}.messages WHERE id = $1
 RETURNING id, to_jsonb(messages) - 'payload'`
 
+	// insertSkipMarkerSQL leaves a skip marker (wire.SkippedType) in the lane
+	// place of dropped event $1: consumers advance past the sequence instead
+	// of waiting for it. $2 new event id, $3 status of the marker.
+	insertSkipMarkerSQL = `INSERT INTO {{O}}.messages (event_id, topic, key, partition, sequence, type, version, payload,
+    content_type, headers, correlation_id, causation_id, source, status, available_at)
+SELECT $2, topic, key, partition, sequence, 'outboxkit.skipped', 1, ''::bytea, 'application/octet-stream',
+       jsonb_build_object('outboxkit-skipped', event_id::text), correlation_id, event_id::text, source, $3, now()
+  FROM {{O}}.messages WHERE id = $1
+RETURNING id`
+
+	// findSkipMarkerSQL finds the live skip marker in the lane place of $1.
+	findSkipMarkerSQL = `SELECT k.id, k.status FROM {{O}}.messages k, {{O}}.messages o
+ WHERE o.id = $1 AND k.key = o.key AND k.topic = o.topic AND k.sequence = o.sequence
+   AND k.key <> '' AND k.status <> 'dropped' AND k.type = 'outboxkit.skipped'`
+
+	dropMarkerSQL = `UPDATE {{O}}.messages SET status = 'dropped' WHERE id = $1 AND status IN ('pending', 'blocked')`
+
 	// retargetLaneSQL: a lane blocked by the original now waits for its
 	// corrected copy.
 	retargetLaneSQL = `UPDATE {{O}}.lanes SET blocked_by = $2
@@ -224,6 +241,7 @@ type statements struct {
 	traceMessages, traceAttempts, traceProcessed, traceDeadLetters       string
 	traceAudit, listAudit                                                string
 	rangeSelect, rangeReplay                                             string
+	insertSkipMarker, findSkipMarker, dropMarker                         string
 }
 
 func renderStatements(outboxIdent, inboxIdent string) statements {
@@ -243,5 +261,6 @@ func renderStatements(outboxIdent, inboxIdent string) statements {
 		traceMessages: r(traceMessagesSQL), traceAttempts: r(traceAttemptsSQL), traceProcessed: r(traceProcessedSQL),
 		traceDeadLetters: r(traceDeadLettersSQL), traceAudit: r(traceAuditSQL), listAudit: r(listAuditSQL),
 		rangeSelect: r(rangeSelectSQL), rangeReplay: r(rangeReplaySQL),
+		insertSkipMarker: r(insertSkipMarkerSQL), findSkipMarker: r(findSkipMarkerSQL), dropMarker: r(dropMarkerSQL),
 	}
 }

@@ -27,6 +27,16 @@ import (
 // SpecVersion is the CloudEvents version outboxkit speaks.
 const SpecVersion = "1.0"
 
+// SkippedType is the type of the marker an operator's drop of a keyed event
+// leaves in its place: it carries the dropped event's lane sequence and no
+// payload, so consumers advance the key's order past it instead of waiting
+// for an event that will never come. Its header SkippedHeader names the
+// dropped event.
+const (
+	SkippedType   = "outboxkit.skipped"
+	SkippedHeader = "outboxkit-skipped"
+)
+
 // DefaultSource is ce_source when neither the event nor the relay set one.
 const DefaultSource = "/outboxkit"
 
