@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/outboxkit/outboxkit/internal/dashboard"
 	"github.com/outboxkit/outboxkit/internal/ops"
@@ -66,6 +67,7 @@ func runServe(ctx context.Context, env *Env, args []string) error {
 	var origins originsFlag
 	fs.Var(&origins, "origin", "origin the browser uses, e.g. https://outbox.example.com (repeatable); needed behind a proxy that changes Host")
 	sampleEvery := fs.Duration("sample-every", dashboard.SampleEveryDefault, "how often the overview's charts are sampled")
+	metricsAddr := fs.String("metrics-addr", env.Getenv("OUTBOXKIT_METRICS_ADDR"), "serve /metrics, /healthz and /readyz here, apart from the dashboard ($OUTBOXKIT_METRICS_ADDR)")
 	if pos, err := parse(fs, args); err != nil {
 		return err
 	} else if len(pos) > 0 {
@@ -109,6 +111,15 @@ func runServe(ctx context.Context, env *Env, args []string) error {
 	sampler, err := dashboard.NewSampler(store, dashboard.SamplerConfig{Every: *sampleEvery, Logger: logger})
 	if err != nil {
 		return usageError("--sample-every: %v", err)
+	}
+	if *metricsAddr != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(ops.NewCollector(store))
+		_, stop, err := observability(ctx, *metricsAddr, reg, func(ctx context.Context) error { return pool.Ping(ctx) }, logger)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	secure := *secureCookies || *tlsCert != ""
 	handler, err := dashboard.New(store, dashboard.Config{
