@@ -2,6 +2,7 @@ package inbox
 
 import (
 	"context"
+	"log/slog"
 )
 
 // HandleBatch handles deliveries in order and returns one Outcome per
@@ -65,6 +66,9 @@ func (in *Inbox) tryBatch(ctx context.Context, ds []Delivery) ([]Outcome, bool) 
 		return nil, false
 	}
 	outs, ok := in.batchTx(ctx, ms)
+	if !ok && ctx.Err() == nil {
+		in.log.Debug("inbox: batch handled one by one", slog.Int("deliveries", len(ms)))
+	}
 	if ok {
 		applied := false
 		for _, o := range outs {

@@ -27,7 +27,9 @@ import (
 //	go test -run '^$' -bench DedupCost -benchtime 1x ./inbox/
 //
 // inbox-batch is HandleBatch with batches of OUTBOXKIT_BENCH_BATCH (default
-// 100) events per worker, as the adapters call it under load.
+// 100) events per worker, as the adapters call it under load, and
+// handler-only-batch the same handler on the same batches in plain
+// transactions.
 //
 // OUTBOXKIT_BENCH_EVENTS (default 4000) events per round and variant,
 // OUTBOXKIT_BENCH_ROUNDS (default 5), OUTBOXKIT_BENCH_WORKERS (default 8).
@@ -109,18 +111,26 @@ func BenchmarkDedupCost(b *testing.B) {
 		return float64(n) / time.Since(start).Seconds()
 	}
 	batchSize := envInt("OUTBOXKIT_BENCH_BATCH", 100)
-	runBatch := func(name string, ds [][]inbox.Delivery) float64 {
+	// plainBatch is the handler alone on batches: BatchSize events per
+	// transaction, no inbox record, no order guard.
+	plainBatch := func(part []inbox.Delivery) error {
+		return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			for _, d := range part {
+				if err := insert(ctx, tx, plainEvent(d)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	runBatch := func(name string, ds [][]inbox.Delivery, handleBatch func([]inbox.Delivery) error) float64 {
 		start := time.Now()
 		var wg sync.WaitGroup
 		errs := make(chan error, workers)
 		for _, part := range ds {
 			wg.Go(func() {
 				for i := 0; i < len(part); i += batchSize {
-					outs, err := in.HandleBatch(ctx, part[i:min(i+batchSize, len(part))])
-					if err == nil && outs[0] != inbox.Applied {
-						err = fmt.Errorf("outcome %s", outs[0])
-					}
-					if err != nil {
+					if err := handleBatch(part[i:min(i+batchSize, len(part))]); err != nil {
 						errs <- fmt.Errorf("%s: %w", name, err)
 						return
 					}
@@ -144,16 +154,14 @@ func BenchmarkDedupCost(b *testing.B) {
 	// plain is what a consumer without the inbox does: decode nothing more
 	// than needed and run the handler in its own transaction.
 	plain := func(d inbox.Delivery) error {
-		ev := &inbox.Event{ID: uuid.Must(uuid.NewV7()), Payload: d.Payload}
-		for _, h := range d.Headers {
-			switch h.Name {
-			case "ce_partitionkey":
-				ev.Key = string(h.Value)
-			case "ce_sequence":
-				ev.Sequence, _ = strconv.ParseInt(string(h.Value), 10, 64)
-			}
+		return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return insert(ctx, tx, plainEvent(d)) })
+	}
+	viaBatch := func(part []inbox.Delivery) error {
+		outs, err := in.HandleBatch(ctx, part)
+		if err == nil && outs[0] != inbox.Applied {
+			err = fmt.Errorf("outcome %s", outs[0])
 		}
-		return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return insert(ctx, tx, ev) })
+		return err
 	}
 
 	results := map[string][]float64{}
@@ -163,7 +171,7 @@ func BenchmarkDedupCost(b *testing.B) {
 		run("warm-up", batch("warm-plain", true), plain)
 		for r := range rounds {
 			prefix := fmt.Sprintf("r%d", r)
-			order := []string{"handler-only", "inbox-keyed", "inbox-keyless", "inbox-batch"}
+			order := []string{"handler-only", "inbox-keyed", "inbox-keyless", "handler-only-batch", "inbox-batch"}
 			if r%2 == 1 {
 				slices.Reverse(order)
 			}
@@ -175,8 +183,10 @@ func BenchmarkDedupCost(b *testing.B) {
 					results[v] = append(results[v], run(v, batch(prefix+"k", true), viaInbox))
 				case "inbox-keyless":
 					results[v] = append(results[v], run(v, batch(prefix+"u", false), viaInbox))
+				case "handler-only-batch":
+					results[v] = append(results[v], runBatch(v, batch(prefix+"q", true), plainBatch))
 				case "inbox-batch":
-					results[v] = append(results[v], runBatch(v, batch(prefix+"b", true)))
+					results[v] = append(results[v], runBatch(v, batch(prefix+"b", true), viaBatch))
 				}
 			}
 		}
@@ -190,10 +200,27 @@ func BenchmarkDedupCost(b *testing.B) {
 	b.ReportMetric(plainMed, "handler-only-events/s")
 	b.ReportMetric(keyedMed, "inbox-keyed-events/s")
 	b.ReportMetric(keylessMed, "inbox-keyless-events/s")
-	b.ReportMetric(med("inbox-batch"), "inbox-batch-events/s")
+	plainBatchMed, batchMed := med("handler-only-batch"), med("inbox-batch")
+	b.ReportMetric(plainBatchMed, "handler-only-batch-events/s")
+	b.ReportMetric(batchMed, "inbox-batch-events/s")
+	b.ReportMetric(100*(plainBatchMed/batchMed-1), "batch-overhead-%")
 	b.ReportMetric(100*(plainMed/keyedMed-1), "keyed-overhead-%")
 	b.ReportMetric(100*(plainMed/keylessMed-1), "keyless-overhead-%")
 	b.Logf("workers %d, %d events per round and variant, %d rounds; rounds: %v", workers, events, rounds, results)
+}
+
+// plainEvent is the least a consumer without the inbox reads of a delivery.
+func plainEvent(d inbox.Delivery) *inbox.Event {
+	ev := &inbox.Event{ID: uuid.Must(uuid.NewV7()), Payload: d.Payload}
+	for _, h := range d.Headers {
+		switch h.Name {
+		case "ce_partitionkey":
+			ev.Key = string(h.Value)
+		case "ce_sequence":
+			ev.Sequence, _ = strconv.ParseInt(string(h.Value), 10, 64)
+		}
+	}
+	return ev
 }
 
 func envInt(name string, def int) int {

@@ -841,3 +841,25 @@ func TestHandleBatch(t *testing.T) {
 		t.Fatalf("%d effects", n)
 	}
 }
+
+// A handler that runs past HandlerTimeout is cut off and retried
+// (transient), and the breaker does not count it as an outage.
+func TestHandlerTimeoutIsTransient(t *testing.T) {
+	t.Parallel()
+	cfg := fastConfig("billing")
+	cfg.HandlerTimeout = 300 * time.Millisecond
+	b := newBundle(t, cfg)
+	b.in.Register("test.slow", 1, func(ctx context.Context, tx pgx.Tx, ev *inbox.Event) error {
+		if b.calls.Add(1) == 1 {
+			_, err := tx.Exec(ctx, `SELECT pg_sleep(5)`)
+			return err
+		}
+		return nil
+	})
+	e := event("k", 1)
+	e.typ = "test.slow"
+	b.expect(e.delivery(), inbox.Applied)
+	if a := b.attempts(e.id); len(a) != 1 || a[0].Class != "transient" || a[0].Outcome != "retry" {
+		t.Fatalf("attempts %+v", a)
+	}
+}

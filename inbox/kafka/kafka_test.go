@@ -61,11 +61,13 @@ func newInbox(pool *pgxpool.Pool, log *slog.Logger) (*inbox.Inbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	in.Register("payout.created", 1, func(ctx context.Context, tx pgx.Tx, ev *inbox.Event) error {
-		_, err := tx.Exec(ctx, `INSERT INTO ledger (event_id, key, sequence) VALUES ($1, $2, $3)`, ev.ID, ev.Key, ev.Sequence)
-		return err
-	})
+	in.Register("payout.created", 1, ledgerHandler)
 	return in, nil
+}
+
+func ledgerHandler(ctx context.Context, tx pgx.Tx, ev *inbox.Event) error {
+	_, err := tx.Exec(ctx, `INSERT INTO ledger (event_id, key, sequence) VALUES ($1, $2, $3)`, ev.ID, ev.Key, ev.Sequence)
+	return err
 }
 
 func consumerConfig(brokers []string, topic string, commit time.Duration) kafka.Config {

@@ -49,13 +49,13 @@ const ledgerTable = `CREATE TABLE ledger (
     sequence bigint NOT NULL
 )`
 
-func newInbox(t *testing.T, pool *pgxpool.Pool) *inbox.Inbox {
+func newInbox(t testing.TB, pool *pgxpool.Pool) *inbox.Inbox {
 	return newInboxHook(t, pool, nil)
 }
 
 // newInboxHook calls applied, when set, in the handler's transaction of
 // every event it applies, just before the handler returns.
-func newInboxHook(t *testing.T, pool *pgxpool.Pool, applied func(ev *inbox.Event)) *inbox.Inbox {
+func newInboxHook(t testing.TB, pool *pgxpool.Pool, applied func(ev *inbox.Event)) *inbox.Inbox {
 	t.Helper()
 	in, err := inbox.New(pool, &inbox.Config{Consumer: "notifications", ConsumerVersion: "test",
 		BackoffBase: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond, Logger: logger()})
@@ -121,7 +121,7 @@ func run(t *testing.T, fn func(context.Context) error) func() {
 	return stop
 }
 
-func count(t *testing.T, pool *pgxpool.Pool, q string) int {
+func count(t testing.TB, pool *pgxpool.Pool, q string) int {
 	t.Helper()
 	var n int
 	if err := pool.QueryRow(context.Background(), q).Scan(&n); err != nil {
@@ -265,8 +265,8 @@ func TestForeignMessageIsParked(t *testing.T) {
 		}
 	}
 	startConsumer(t, db, testenv.RabbitURL(), tp.queue, nil)
-	testenv.Eventually(t, 60*time.Second, "good message applied", func() bool {
-		return count(t, db.Pool, `SELECT count(*) FROM ledger`) == 1
+	testenv.Eventually(t, 60*time.Second, "good message applied, foreign one parked", func() bool {
+		return count(t, db.Pool, `SELECT count(*) FROM ledger`) == 1 && count(t, db.Pool, `SELECT count(*) FROM inbox.dead_letters`) == 1
 	})
 	var class, headers, source string
 	var payload []byte
