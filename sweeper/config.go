@@ -200,8 +200,12 @@ type Config struct {
 	// DeleteBatchSize is the most rows one retention statement deletes
 	// (default 1000). Each statement is its own short transaction.
 	DeleteBatchSize int
-	// DeletePause is slept between two retention statements (default 0),
-	// to leave room for replicas or autovacuum on a busy database.
+	// DeletePause is slept between two retention statements, to leave the
+	// database to the relay and the producers (and replicas and autovacuum
+	// time to follow). Zero (the default) sleeps as long as the previous
+	// statement took, so retention keeps a database backend busy at most
+	// half the time; a positive value is a fixed pause; a negative value
+	// deletes as fast as it can.
 	DeletePause time.Duration
 
 	// ReconcileWindow is the span of enqueue times the reconcile job checks
@@ -382,8 +386,6 @@ func (c Config) validate() error {
 			c.ProcessedRetention, c.PublishedRetention)
 	case c.DeleteBatchSize < 1 || c.DeleteBatchSize > 50000:
 		return bad("DeleteBatchSize %d: use 1..50000", c.DeleteBatchSize)
-	case c.DeletePause < 0:
-		return bad("DeletePause must not be negative")
 	case c.ReconcileWindow+c.ReconcileLag > c.PublishedRetention:
 		return bad("ReconcileWindow + ReconcileLag (%s) reach past PublishedRetention %s: those events are deleted",
 			c.ReconcileWindow+c.ReconcileLag, c.PublishedRetention)

@@ -229,18 +229,24 @@ func (s *Sweeper) retention(ctx context.Context, conn *pgxpool.Conn, res *Result
 		Scan(&rep.PublishedCutoff, &rep.ProcessedCutoff); err != nil {
 		return err
 	}
+	var previous time.Duration
 	timed := func(f func() error) error {
-		if rep.Statements > 0 && s.cfg.DeletePause > 0 {
+		pause := s.cfg.DeletePause
+		if pause == 0 {
+			pause = previous // adaptive: at most half of one backend's time
+		}
+		if rep.Statements > 0 && pause > 0 {
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
-			case <-time.After(s.cfg.DeletePause):
+			case <-time.After(pause):
 			}
 		}
 		start := time.Now()
 		err := f()
+		previous = time.Since(start)
 		rep.Statements++
-		rep.LongestStatement = max(rep.LongestStatement, time.Since(start))
+		rep.LongestStatement = max(rep.LongestStatement, previous)
 		return err
 	}
 

@@ -202,10 +202,13 @@ SELECT (SELECT max(id) FROM chunk),
        (SELECT count(*) FROM deleted_attempts)`
 
 	// retentionInboxSQL deletes up to $2 inbox records applied before $1.
-	// The scan may use processed_processed_at_brin; ctid addresses the rows
-	// it locked in the same statement.
+	// The scan may use processed_processed_at_brin. The ctids are read and
+	// deleted under one snapshot, so they still address the rows read (a row
+	// deleted meanwhile by someone else is skipped). No FOR UPDATE: the
+	// sweeper role may delete inbox records but not update them, and nothing
+	// ever updates them.
 	retentionInboxSQL = `DELETE FROM {{I}}.processed
- WHERE ctid = ANY (ARRAY(SELECT ctid FROM {{I}}.processed WHERE processed_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED))`
+ WHERE ctid = ANY (ARRAY(SELECT ctid FROM {{I}}.processed WHERE processed_at < $1 LIMIT $2))`
 )
 
 // Reconcile. Run in one read-only REPEATABLE READ transaction, so the counts

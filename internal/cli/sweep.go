@@ -133,7 +133,7 @@ func runSweep(ctx context.Context, env *Env, args []string) error {
 	dur(&cfg.PublishedRetention, "published-retention", "retention: keep published events this long after publication")
 	dur(&cfg.ProcessedRetention, "processed-retention", "retention: keep inbox.processed records this long (at least --published-retention)")
 	fs.IntVar(&cfg.DeleteBatchSize, "delete-batch", sweeper.DeleteBatchSizeDefault, "retention: most rows per DELETE statement")
-	dur(&cfg.DeletePause, "delete-pause", "retention: pause between two DELETE statements")
+	dur(&cfg.DeletePause, "delete-pause", "retention: pause between two DELETE statements (0: as long as the previous one took; negative: none)")
 	dur(&cfg.ReconcileWindow, "reconcile-window", "reconcile: span of enqueue times checked")
 	dur(&cfg.ReconcileLag, "reconcile-lag", "reconcile: leave out events newer than this (still in flight)")
 	fs.IntVar(&cfg.ReconcileMaxGaps, "reconcile-max-gaps", sweeper.ReconcileMaxGapsDefault, "reconcile: most missing event ids listed per consumer and topic")
