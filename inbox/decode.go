@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"unicode/utf8"
 
@@ -110,6 +111,9 @@ func decode(d *Delivery) *message {
 		}
 		m.bad = failure.New(failure.PoisonFormat, err)
 		return m
+	}
+	if ev.Version > math.MaxInt32 {
+		return malformed("%seventversion %d is out of range", prefix, ev.Version)
 	}
 	if len(ev.Key) > maxKeyLen {
 		return malformed("%spartitionkey is %d bytes, at most %d allowed", prefix, len(ev.Key), maxKeyLen)

@@ -175,6 +175,8 @@ func TestMalformedDeliveriesAreParked(t *testing.T) {
 		{"wrong specversion", withHeader("ce_specversion", []byte("0.3")), "specversion"},
 		{"invalid UTF-8 in a header name", withHeader("ce_\xff", []byte("x")), "header name"},
 		{"sequence without key", without("ce_partitionkey"), "together"},
+		{"version beyond integer", withHeader("ce_eventversion", []byte("3000000000")), "out of range"},
+		{"oversized key", withHeader("ce_partitionkey", bytes.Repeat([]byte("k"), 1025)), "at most 1024"},
 		{"binary topic", func() inbox.Delivery { d := event("acct-1", 1).delivery(); d.Topic = "pay\xffments"; return d }(), "topic"},
 	}
 	for _, c := range cases {

@@ -165,6 +165,16 @@ func eventOf(ev *wire.Event, version int, payload []byte) *Event {
 	}
 }
 
+// Verify checks that the inbox can reach its tables: the database answers
+// and the schemas are migrated. The adapters call it when they start; an
+// error names what to do.
+func (in *Inbox) Verify(ctx context.Context) error {
+	if _, err := in.pool.Exec(ctx, in.sql.verify); err != nil {
+		return fmt.Errorf("inbox: %w", pgutil.MissingSchemaHint(err, in.cfg.Schema))
+	}
+	return nil
+}
+
 // BreakerOpen reports whether the breaker holds deliveries back (open, or
 // half-open waiting for its probe). Useful for readiness checks.
 func (in *Inbox) BreakerOpen() bool { return in.breaker.isOpen() }

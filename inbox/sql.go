@@ -180,7 +180,12 @@ RETURNING attempts`
  WHERE id = $1`
 )
 
+// verifySQL touches every table the inbox reads (audit_log is insert-only
+// for the consumer role).
+const verifySQL = `SELECT 1 FROM {{I}}.processed, {{I}}.lanes, {{I}}.dead_letters, {{I}}.attempts, {{O}}.error_classes LIMIT 0`
+
 type statements struct {
+	verify                                                            string
 	claimKeyed, claim, processedSha, unclaim, processedInsert         string
 	ensureLane, lockLane, advanceLane, blockLane, unblockLane         string
 	nextInLane, repoint                                               string
@@ -193,6 +198,7 @@ type statements struct {
 func renderStatements(inboxIdent, outboxIdent string) statements {
 	r := strings.NewReplacer("{{I}}", inboxIdent, "{{O}}", outboxIdent).Replace
 	return statements{
+		verify:     r(verifySQL),
 		claimKeyed: r(claimKeyedSQL), claim: r(claimSQL), processedSha: r(processedShaSQL), unclaim: r(unclaimSQL),
 		processedInsert: r(processedInsertSQL),
 		ensureLane:      r(ensureLaneSQL), lockLane: r(lockLaneSQL), advanceLane: r(advanceLaneSQL),

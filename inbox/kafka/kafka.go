@@ -161,6 +161,11 @@ func (c *Consumer) Run(ctx context.Context) error {
 		c.mu.Unlock()
 	}()
 
+	// A database that is down is waited for (the inbox's breaker); tables
+	// that are missing are a deployment error worth stopping for.
+	if err := c.in.Verify(ctx); err != nil && inbox.ClassOf(err) != inbox.ClassDependencyOutage {
+		return err
+	}
 	start := kafkago.FirstOffset
 	if c.cfg.StartFromLatest {
 		start = kafkago.LastOffset

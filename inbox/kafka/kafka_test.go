@@ -415,3 +415,20 @@ func TestNewValidatesConfig(t *testing.T) {
 		t.Errorf("nil inbox: %v", err)
 	}
 }
+
+func TestRunWithoutSchemaSaysWhatToDo(t *testing.T) {
+	db := testenv.NewEmptyDB(t)
+	in, err := newInbox(db.Pool, logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := kafka.New(in, kafka.Config{Brokers: []string{"127.0.0.1:1"}, Topics: []string{"t"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Run(ctx); err == nil || !strings.Contains(err.Error(), "outboxkit migrate up") {
+		t.Fatalf("want a hint to run migrate up, got %v", err)
+	}
+}

@@ -303,3 +303,16 @@ func TestNewValidatesConfig(t *testing.T) {
 		}
 	}
 }
+
+func TestRunWithoutSchemaSaysWhatToDo(t *testing.T) {
+	db := testenv.NewEmptyDB(t)
+	c, err := rabbitmq.New(newInbox(t, db.Pool), rabbitmq.Config{URL: testenv.RabbitURL(), Queue: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Run(ctx); err == nil || !strings.Contains(err.Error(), "outboxkit migrate up") {
+		t.Fatalf("want a hint to run migrate up, got %v", err)
+	}
+}
