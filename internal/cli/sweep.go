@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/outboxkit/outboxkit/internal/pgutil"
 	"github.com/outboxkit/outboxkit/sweeper"
@@ -96,6 +97,7 @@ func (c consumerFlag) Set(v string) error {
 
 func runSweep(ctx context.Context, env *Env, args []string) error {
 	fs := newFlagSet(env, "sweep", sweepUsage)
+	metricsAddr := fs.String("metrics-addr", env.Getenv("OUTBOXKIT_METRICS_ADDR"), "serve /metrics, /healthz and /readyz here, e.g. 127.0.0.1:9091 ($OUTBOXKIT_METRICS_ADDR)")
 	var db dbFlags
 	db.register(fs, env)
 	var logs logFlags
@@ -214,6 +216,15 @@ func runSweep(ctx context.Context, env *Env, args []string) error {
 		}
 		printSweepResult(env.Stdout, &res)
 		return nil
+	}
+	if *metricsAddr != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(s.Metrics())
+		_, stop, err := observability(ctx, *metricsAddr, reg, func(ctx context.Context) error { return pool.Ping(ctx) }, logger)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	start := time.Now()
 	err = s.Run(ctx)
