@@ -1,8 +1,12 @@
 package inbox
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 )
 
 // HandleBatch handles deliveries in order and returns one Outcome per
@@ -65,7 +69,14 @@ func (in *Inbox) tryBatch(ctx context.Context, ds []Delivery) ([]Outcome, bool) 
 	if err != nil {
 		return nil, false
 	}
-	outs, ok := in.batchTx(ctx, ms)
+	var outs []Outcome
+	ok := false
+	if inRuns(ms) {
+		outs, ok = in.runTx(ctx, ms)
+	}
+	if !ok && ctx.Err() == nil {
+		outs, ok = in.batchTx(ctx, ms)
+	}
 	if !ok && ctx.Err() == nil {
 		in.log.Debug("inbox: batch handled one by one", slog.Int("deliveries", len(ms)))
 	}
@@ -85,6 +96,78 @@ func (in *Inbox) tryBatch(ctx context.Context, ds []Delivery) ([]Outcome, bool) 
 	return outs, ok
 }
 
+// inRuns reports whether, within ms, each key's sequences follow each other
+// without gaps, in order, and no event id repeats: the condition for
+// claiming the batch in one statement.
+func inRuns(ms []*message) bool {
+	type lane struct{ topic, key string }
+	last := make(map[lane]int64, len(ms))
+	ids := make(map[[16]byte]struct{}, len(ms))
+	for _, m := range ms {
+		if _, dup := ids[m.ev.ID]; dup {
+			return false
+		}
+		ids[m.ev.ID] = struct{}{}
+		if m.ev.Key == "" {
+			continue
+		}
+		l := lane{m.topic, m.ev.Key}
+		if prev, ok := last[l]; ok && m.ev.Sequence != prev+1 {
+			return false
+		}
+		last[l] = m.ev.Sequence
+	}
+	return true
+}
+
+// runTx applies ms with one claim statement for the whole batch: true when
+// every event was new, next in its lane and applied.
+func (in *Inbox) runTx(ctx context.Context, ms []*message) ([]Outcome, bool) {
+	hctx, cancel := in.handlerCtx(ctx)
+	defer cancel()
+	ids := make([]uuid.UUID, len(ms))
+	topics := make([]string, len(ms))
+	keys := make([]string, len(ms))
+	seqs := make([]*int64, len(ms))
+	shas := make([][]byte, len(ms))
+	for i, m := range ms {
+		ids[i], topics[i], keys[i], shas[i] = m.ev.ID, m.topic, m.ev.Key, m.sha[:]
+		if m.ev.Key != "" {
+			seqs[i] = &m.ev.Sequence
+		}
+	}
+	tx, err := in.pool.Begin(hctx)
+	if err != nil {
+		return nil, false
+	}
+	var inserted, lanes, runs int
+	var parked bool
+	err = tx.QueryRow(hctx, in.sql.claimRun, in.cfg.Consumer, ids, topics, keys, seqs, shas,
+		in.cfg.StartLanesAtFirstSeen).Scan(&inserted, &lanes, &runs, &parked)
+	if err != nil || parked || inserted != len(ms) || lanes != runs {
+		rollback(tx)
+		return nil, false
+	}
+	outs := make([]Outcome, len(ms))
+	for i, m := range ms {
+		h, e, err := in.resolve(m.ev)
+		if err == nil {
+			err = in.runHandler(hctx, h, tx, e)
+		}
+		if err != nil {
+			rollback(tx)
+			return nil, false
+		}
+		outs[i] = Applied
+	}
+	if err := tx.Commit(hctx); err != nil {
+		return nil, false
+	}
+	return outs, true
+}
+
+// batchTx claims every event of ms in one round trip (a pipelined batch of
+// claim statements), then runs the handlers in order, then commits.
 func (in *Inbox) batchTx(ctx context.Context, ms []*message) ([]Outcome, bool) {
 	hctx, cancel := in.handlerCtx(ctx)
 	defer cancel()
@@ -92,44 +175,58 @@ func (in *Inbox) batchTx(ctx context.Context, ms []*message) ([]Outcome, bool) {
 	if err != nil {
 		return nil, false
 	}
-	outs := make([]Outcome, len(ms))
-	for i, m := range ms {
+	fail := func() ([]Outcome, bool) {
+		rollback(tx)
+		return nil, false
+	}
+	claims := &pgx.Batch{}
+	for _, m := range ms {
 		ev := m.ev
-		var inserted, inOrder, parked bool
 		if ev.Key != "" {
-			err = tx.QueryRow(hctx, in.sql.claimKeyed, in.cfg.Consumer, ev.ID, m.topic, ev.Key, ev.Sequence, m.sha[:],
-				in.cfg.StartLanesAtFirstSeen).Scan(&inserted, &inOrder, &parked)
+			claims.Queue(in.sql.claimKeyed, in.cfg.Consumer, ev.ID, m.topic, ev.Key, ev.Sequence, m.sha[:],
+				in.cfg.StartLanesAtFirstSeen)
 		} else {
-			err = tx.QueryRow(hctx, in.sql.claim, in.cfg.Consumer, ev.ID, m.topic, m.sha[:]).Scan(&inserted, &inOrder, &parked)
+			claims.Queue(in.sql.claim, in.cfg.Consumer, ev.ID, m.topic, m.sha[:])
 		}
-		if err != nil || parked {
-			rollback(tx)
-			return nil, false
+	}
+	outs := make([]Outcome, len(ms))
+	br := tx.SendBatch(hctx, claims)
+	for i, m := range ms {
+		var inserted, inOrder, parked bool
+		if err := br.QueryRow().Scan(&inserted, &inOrder, &parked); err != nil || parked {
+			br.Close()
+			return fail()
 		}
 		switch {
 		case inserted && inOrder:
-			h, e, err := in.resolve(ev)
-			if err != nil {
-				rollback(tx)
-				return nil, false
-			}
-			if err := in.runHandler(hctx, h, tx, e); err != nil {
-				rollback(tx)
-				return nil, false
-			}
 			outs[i] = Applied
-		case !inserted && !(ev.Key != "" && inOrder):
-			// Recorded before: the claim changed nothing. A different
-			// payload (a conflict) needs the slow path.
-			var sha []byte
-			if err := tx.QueryRow(hctx, in.sql.processedSha, in.cfg.Consumer, ev.ID).Scan(&sha); err != nil || string(sha) != string(m.sha[:]) {
-				rollback(tx)
-				return nil, false
-			}
-			outs[i] = Duplicate
+		case !inserted && !(m.ev.Key != "" && inOrder):
+			outs[i] = Duplicate // recorded before: the claim changed nothing
 		default:
-			rollback(tx)
-			return nil, false
+			br.Close()
+			return fail()
+		}
+	}
+	if err := br.Close(); err != nil {
+		return fail()
+	}
+	for i, m := range ms {
+		if outs[i] == Duplicate {
+			// The same payload is a duplicate; another one (a conflict)
+			// needs the one-by-one path.
+			var sha []byte
+			if err := tx.QueryRow(hctx, in.sql.processedSha, in.cfg.Consumer, m.ev.ID).Scan(&sha); err != nil ||
+				!bytes.Equal(sha, m.sha[:]) {
+				return fail()
+			}
+			continue
+		}
+		h, e, err := in.resolve(m.ev)
+		if err != nil {
+			return fail()
+		}
+		if err := in.runHandler(hctx, h, tx, e); err != nil {
+			return fail()
 		}
 	}
 	if err := tx.Commit(hctx); err != nil {

@@ -177,8 +177,11 @@
 //
 // HandleBatch applies a run of deliveries in one transaction when each is
 // the next of its lane (or a clean duplicate) and each handler succeeds: one
-// commit for the batch instead of one per event. Anything else rolls the
-// batch back and handles each delivery on its own with Handle. The adapters
+// commit for the batch instead of one per event. When the batch's events
+// of each key follow each other, one statement claims them all (arrays
+// through unnest); otherwise the claims are pipelined, one statement per
+// event in one round trip. Anything else rolls the batch back and handles
+// each delivery on its own with Handle. The adapters
 // use it with what they have already fetched, so a quiet stream is handled
 // one event at a time and a busy one in batches.
 //

@@ -47,11 +47,40 @@ SELECT EXISTS (SELECT 1 FROM ins), true,
        EXISTS (SELECT 1 FROM {{I}}.dead_letters d
                 WHERE d.event_id = $2 AND d.consumer = $1 AND d.status IN ('parked', 'blocked', 'dropped'))`
 
-	processedShaSQL = `SELECT payload_sha256 FROM {{I}}.processed WHERE consumer = $1 AND event_id = $2`
+	// claimRunSQL is the claim of a whole batch in one statement: $2..$6
+	// are arrays (event ids, topics, keys, sequences, payload sha256) of
+	// events whose keys' sequences are contiguous and in order within the
+	// batch (checked by the caller). It returns how many processed records
+	// it inserted, how many lanes it moved (or started), how many lanes the
+	// batch has, and whether any event is a dead letter already. The batch
+	// is all good only when every record and every lane was taken.
+	claimRunSQL = `WITH input AS (
+    SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::bytea[]) AS t(event_id, topic, key, sequence, sha)
+), ins AS (
+    INSERT INTO {{I}}.processed (consumer, event_id, topic, key, sequence, payload_sha256)
+    SELECT $1, event_id, topic, key, sequence, sha FROM input
+    ON CONFLICT (consumer, event_id) DO NOTHING
+    RETURNING 1
+), runs AS (
+    SELECT topic, key, min(sequence) AS first, max(sequence) AS last FROM input WHERE key <> '' GROUP BY topic, key
+), upd AS (
+    UPDATE {{I}}.lanes l SET last_sequence = r.last, updated_at = now()
+      FROM runs r
+     WHERE l.consumer = $1 AND l.topic = r.topic AND l.key = r.key AND l.last_sequence = r.first - 1 AND l.blocked_by IS NULL
+    RETURNING 1
+), new AS (
+    INSERT INTO {{I}}.lanes (consumer, topic, key, last_sequence)
+    SELECT $1, r.topic, r.key, r.last FROM runs r
+     WHERE (r.first = 1 OR $7::boolean)
+       AND NOT EXISTS (SELECT 1 FROM {{I}}.lanes l WHERE l.consumer = $1 AND l.topic = r.topic AND l.key = r.key)
+    ON CONFLICT (consumer, topic, key) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd) + (SELECT count(*) FROM new), (SELECT count(*) FROM runs),
+       EXISTS (SELECT 1 FROM {{I}}.dead_letters d JOIN input i ON d.event_id = i.event_id
+                WHERE d.consumer = $1 AND d.status IN ('parked', 'blocked', 'dropped'))`
 
-	// unclaimSQL takes back the processed record of an event the slow path
-	// parks instead of applying, in the same transaction.
-	unclaimSQL = `DELETE FROM {{I}}.processed WHERE consumer = $1 AND event_id = $2`
+	processedShaSQL = `SELECT payload_sha256 FROM {{I}}.processed WHERE consumer = $1 AND event_id = $2`
 
 	processedInsertSQL = `INSERT INTO {{I}}.processed (consumer, event_id, topic, key, sequence, payload_sha256)
 VALUES ($1, $2, $3, $4, $5, $6)
@@ -186,7 +215,7 @@ const verifySQL = `SELECT 1 FROM {{I}}.processed, {{I}}.lanes, {{I}}.dead_letter
 
 type statements struct {
 	verify                                                            string
-	claimKeyed, claim, processedSha, unclaim, processedInsert         string
+	claimKeyed, claim, claimRun, processedSha, processedInsert        string
 	ensureLane, lockLane, advanceLane, blockLane, unblockLane         string
 	nextInLane, repoint                                               string
 	openDeadLetter, insertDeadLetter, linkAttempts, countAttempts     string
@@ -199,7 +228,7 @@ func renderStatements(inboxIdent, outboxIdent string) statements {
 	r := strings.NewReplacer("{{I}}", inboxIdent, "{{O}}", outboxIdent).Replace
 	return statements{
 		verify:     r(verifySQL),
-		claimKeyed: r(claimKeyedSQL), claim: r(claimSQL), processedSha: r(processedShaSQL), unclaim: r(unclaimSQL),
+		claimKeyed: r(claimKeyedSQL), claim: r(claimSQL), claimRun: r(claimRunSQL), processedSha: r(processedShaSQL),
 		processedInsert: r(processedInsertSQL),
 		ensureLane:      r(ensureLaneSQL), lockLane: r(lockLaneSQL), advanceLane: r(advanceLaneSQL),
 		blockLane: r(blockLaneSQL), unblockLane: r(unblockLaneSQL), nextInLane: r(nextInLaneSQL), repoint: r(repointSQL),
