@@ -94,10 +94,18 @@
 // past the window: each statement touches a bounded slice wherever the old
 // rows are, never waits for a row lock (SKIP LOCKED), commits on its own,
 // and the walk stops at the first slice created entirely after the cutoff.
-// Measured (2 CPUs, PostgreSQL 15, TestRetentionInBatchesWhileRelayPublishes):
-// 100,000 rows in 102 statements, about 6s, longest statement under 200ms,
-// Enqueue never slower than 70ms meanwhile, and the relay kept about 80% of
-// its throughput. The window counts from published_at, not created_at: an
+// The id lists are arrays so that every statement probes messages_pkey and
+// attempts_message_idx (TestRetentionPlanUsesIndexes). Between statements
+// retention sleeps as long as the previous one took (DeletePause 0), so it
+// keeps one backend busy at most half the time: big backlogs take twice as
+// long, the relay and the producers keep the rest. Measured on a shared
+// 2-CPU machine (PostgreSQL 15, load average 8-23 from other jobs, so the
+// figures spread): 1,000,000 rows in 1,002 statements, 46-105s paced (31-41s
+// unpaced), longest statement 0.2-0.6s, slowest Enqueue meanwhile 0.2-0.5s;
+// the relay draining a backlog kept 50-79% of its throughput alone, paced
+// or not (TestRetentionInBatchesWhileRelayPublishes with
+// OUTBOXKIT_RETENTION_ROWS=1000000; measure on a quiet machine before
+// quoting). The window counts from published_at, not created_at: an
 // event published late (parked, then replayed) stays replayable for the
 // whole window. inbox.processed has no btree on processed_at (consumers pay
 // for every index), so its batches scan through the BRIN index; at very

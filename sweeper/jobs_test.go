@@ -196,6 +196,10 @@ func TestRescueNotifiesMissedEvents(t *testing.T) {
 	missed := enqueue(t, db.Pool, "payments", "payout-1", 2)
 	enqueue(t, db.Pool, "payments", "payout-2", 1) // due just now: not missed yet
 	execSQL(t, db.Pool, `UPDATE outbox.messages SET available_at = now() - interval '5 minutes' WHERE event_id = ANY($1)`, missed)
+	// A delayed event due five minutes ago that no relay moved.
+	execSQL(t, db.Pool, `INSERT INTO outbox.scheduled (event_id, topic, key, partition, type, payload, content_type, due_at)
+		VALUES (gen_random_uuid(), 'payments', 'payout-3', outbox.partition_for('payout-3'), 'test.event', '\x7b7d', 'application/json',
+		        now() - interval '5 minutes')`)
 
 	listener, err := pgx.Connect(ctx, db.URL)
 	if err != nil {
@@ -208,7 +212,8 @@ func TestRescueNotifiesMissedEvents(t *testing.T) {
 	logs := &logBuffer{}
 	s := newSweeper(t, db.Pool, Config{RescueAfter: time.Minute}, logs)
 	res := runJob(t, s, JobRescue)
-	if res.Rescue.Waiting != 2 || !res.Rescue.Notified || len(res.Rescue.Partitions) != 1 || res.Rescue.OldestDueSeconds < 299 {
+	if res.Rescue.Waiting != 2 || res.Rescue.OverdueScheduled != 1 || res.Rows != 3 || !res.Rescue.Notified ||
+		len(res.Rescue.Partitions) != 1 || res.Rescue.OldestDueSeconds < 299 {
 		t.Fatalf("rescue report %+v", res.Rescue)
 	}
 	waitCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -220,8 +225,8 @@ func TestRescueNotifiesMissedEvents(t *testing.T) {
 	if n.Channel != pgutil.NotifyChannel("outbox") || n.Payload != "sweeper:rescue" {
 		t.Fatalf("notification %+v", n)
 	}
-	if v := metric(t, s.Metrics(), "outboxkit_sweeper_rescued_total", nil); v != 2 {
-		t.Fatalf("outboxkit_sweeper_rescued_total = %v, want 2", v)
+	if v := metric(t, s.Metrics(), "outboxkit_sweeper_rescued_total", nil); v != 3 {
+		t.Fatalf("outboxkit_sweeper_rescued_total = %v, want 3", v)
 	}
 	if !strings.Contains(logs.String(), "no relay is alive: start outboxkit relay") {
 		t.Errorf("no relay alive not reported:\n%s", logs.String())
@@ -231,7 +236,7 @@ func TestRescueNotifiesMissedEvents(t *testing.T) {
 	// rescue finds nothing.
 	runRelay(t, db.Pool, &ackPublisher{})
 	testenv.Eventually(t, 30*time.Second, "published", func() bool {
-		return queryInt(t, db.Pool, `SELECT count(*) FROM outbox.messages WHERE status = 'published'`) == 3
+		return queryInt(t, db.Pool, `SELECT count(*) FROM outbox.messages WHERE status = 'published'`) == 4
 	})
 	if res := runJob(t, s, JobRescue); res.Rows != 0 || res.Rescue.Notified {
 		t.Fatalf("second rescue %+v", res.Rescue)

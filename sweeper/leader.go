@@ -118,6 +118,9 @@ func (s *Sweeper) connectLock(ctx context.Context) (*pgx.Conn, error) {
 	if len(name) > 63 {
 		name = name[:63]
 	}
+	if cfg.RuntimeParams == nil {
+		cfg.RuntimeParams = map[string]string{}
+	}
 	cfg.RuntimeParams["application_name"] = name
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {

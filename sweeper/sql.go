@@ -137,7 +137,7 @@ const (
 // is returned, retried or not (exhausted), for the keyset and the report.
 const retrySQL = `WITH candidates AS (
     SELECT m.id, m.event_id, m.topic, m.key, m.attempts, m.parked_at, m.last_error_class,
-           (SELECT count(*) FROM {{O}}.attempts a WHERE a.message_id = m.id AND a.outcome = 'parked') AS parks
+           greatest(1, (SELECT count(*) FROM {{O}}.attempts a WHERE a.message_id = m.id AND a.outcome = 'parked')) AS parks
       FROM {{O}}.messages m
       JOIN {{O}}.topic_policies tp ON tp.topic = m.topic AND tp.auto_retry
       JOIN {{O}}.error_classes ec ON ec.class = m.last_error_class AND ec.retry

@@ -119,8 +119,9 @@ func (s *Sweeper) IsLeader() bool {
 
 // Run schedules the jobs and takes part in the leader election until ctx
 // is cancelled. Only the leader runs scheduled jobs; the others wait to take
-// over. On cancellation the running jobs are cancelled (each statement is a
-// transaction of its own, so nothing is left half done), and Run returns nil
+// over. On cancellation the running jobs are cancelled (every change they
+// make is a short transaction of its own, so nothing is left half done; what
+// was done stays done), and Run returns nil
 // after they and every goroutine of the sweeper have stopped. It returns an
 // error only when it cannot start: the outboxkit tables are missing, or Run
 // was called twice. A database that is down is waited for.
