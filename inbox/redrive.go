@@ -396,10 +396,11 @@ func (in *Inbox) releaseStep(ctx context.Context, topic, key, actor, reason stri
 	case err != nil:
 		return 0, false, err
 	}
-	if seq == lane.last+1 && (status == "blocked" || waiting) {
+	failedHead := status == "parked" && !waiting
+	if seq == lane.last+1 && !failedHead {
 		return id, false, nil
 	}
-	if seq > lane.last+1 {
+	if !failedHead {
 		// The next one is ahead of missing events: it waits for them.
 		var before []byte
 		if err := tx.QueryRow(ctx, in.sql.deadLetterState, id).Scan(&before); err != nil {
@@ -418,7 +419,8 @@ func (in *Inbox) releaseStep(ctx context.Context, topic, key, actor, reason stri
 			}
 		}
 	}
-	// A failed head (or a new waiting one): the lane waits behind it.
+	// A failed head (an operator redrives it) or a new waiting one: the
+	// lane waits behind it.
 	if _, err := tx.Exec(ctx, in.sql.blockLane, in.cfg.Consumer, topic, key, id); err != nil {
 		return 0, false, err
 	}

@@ -322,7 +322,7 @@ func (c *Consumer) partition(gctx context.Context, gen *kafkago.Generation, topi
 		for i := range batch {
 			ds = append(ds, delivery(&batch[i]))
 		}
-		outs, err := c.in.HandleBatch(gctx, ds)
+		outs, err := c.in.HandleBatch(rctx, ds)
 		if len(outs) > 0 {
 			next = batch[len(outs)-1].Offset + 1
 		}
