@@ -68,7 +68,6 @@ func BenchmarkConsume(b *testing.B) {
 			}
 			in.Register("payout.created", 1, ledgerHandler)
 			cfg := consumerConfig(k.Brokers, topic, time.Second)
-			cfg.GroupID = topic
 			c, err := kafka.New(in, cfg)
 			if err != nil {
 				b.Fatal(err)

@@ -71,7 +71,9 @@ func ledgerHandler(ctx context.Context, tx pgx.Tx, ev *inbox.Event) error {
 }
 
 func consumerConfig(brokers []string, topic string, commit time.Duration) kafka.Config {
-	return kafka.Config{Brokers: brokers, Topics: []string{topic}, CommitInterval: commit,
+	// The group is named after the topic: tests (and rounds) never share a
+	// group, also on a real cluster (KAFKA_BROKERS).
+	return kafka.Config{Brokers: brokers, Topics: []string{topic}, GroupID: topic, CommitInterval: commit,
 		MaxWait: 100 * time.Millisecond, HeartbeatInterval: 300 * time.Millisecond,
 		SessionTimeout: 6 * time.Second, RebalanceTimeout: 10 * time.Second, Logger: logger()}
 }
@@ -319,7 +321,7 @@ func committedOffsets(t *testing.T, s *setup) int {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	resps, err := kadm.NewClient(cl).FetchOffsets(context.Background(), "billing")
+	resps, err := kadm.NewClient(cl).FetchOffsets(context.Background(), s.topic)
 	if err != nil {
 		t.Fatal(err)
 	}
