@@ -397,6 +397,7 @@ func TestForeignRecordsAreParked(t *testing.T) {
 }
 
 func TestNewValidatesConfig(t *testing.T) {
+	t.Parallel()
 	db := testenv.NewDB(t)
 	in, err := newInbox(db.Pool, logger())
 	if err != nil {
@@ -419,6 +420,7 @@ func TestNewValidatesConfig(t *testing.T) {
 }
 
 func TestRunWithoutSchemaSaysWhatToDo(t *testing.T) {
+	t.Parallel()
 	db := testenv.NewEmptyDB(t)
 	in, err := newInbox(db.Pool, logger())
 	if err != nil {

@@ -285,6 +285,7 @@ func TestForeignMessageIsParked(t *testing.T) {
 }
 
 func TestNewValidatesConfig(t *testing.T) {
+	t.Parallel()
 	db := testenv.NewDB(t)
 	in := newInbox(t, db.Pool)
 	for _, cfg := range []rabbitmq.Config{
@@ -305,6 +306,7 @@ func TestNewValidatesConfig(t *testing.T) {
 }
 
 func TestRunWithoutSchemaSaysWhatToDo(t *testing.T) {
+	t.Parallel()
 	db := testenv.NewEmptyDB(t)
 	c, err := rabbitmq.New(newInbox(t, db.Pool), rabbitmq.Config{URL: testenv.RabbitURL(), Queue: "q"})
 	if err != nil {
