@@ -90,7 +90,7 @@ func TestParseFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.tuned.batch != 1000 || o.tuned.workers != 4 || o.reps != 1 || o.out != "" || o.latencyDuration != 3*time.Second {
+	if o.tuned.batch != 1000 || o.tuned.workers != 4 || o.reps != 1 || o.out != "" || o.latencyDuration != 2*time.Second {
 		t.Errorf("unexpected options %+v", o)
 	}
 	if !o.wants("relay") || o.wants("tune") {

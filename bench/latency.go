@@ -31,7 +31,11 @@ type latencyResult struct {
 	client quantiles
 	// e2e: from ce_time (= created_at) to a Kafka consumer receiving the
 	// record.
-	e2e    quantiles
+	e2e quantiles
+	// commit: from created_at (the INSERT) to the producer's Commit
+	// returning: PostgreSQL's commit time, part of the db view but not the
+	// relay's doing.
+	commit quantiles
 	detail string
 }
 
@@ -240,6 +244,30 @@ func (e *env) runLatency(ctx context.Context, pg string) (latencyResult, error) 
 		return res, err
 	}
 	res.db = quantilesOf(db)
+
+	rows, err = prodPool.Query(ctx, `SELECT event_id, created_at FROM outbox.messages`)
+	if err != nil {
+		return res, err
+	}
+	var commit []time.Duration
+	mu.Lock()
+	for rows.Next() {
+		var id uuid.UUID
+		var created time.Time
+		if err := rows.Scan(&id, &created); err != nil {
+			rows.Close()
+			mu.Unlock()
+			return res, err
+		}
+		if c, ok := commitAt[id]; ok {
+			commit = append(commit, c.Sub(created))
+		}
+	}
+	mu.Unlock()
+	if err := rows.Err(); err != nil {
+		return res, err
+	}
+	res.commit = quantilesOf(commit)
 	res.detail = tracer.report(&counter.stats, dur, relay.WorkersDefault)
 	cancel()
 	if err := <-runErr; err != nil {

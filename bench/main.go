@@ -52,8 +52,8 @@ type options struct {
 // Tuned relay settings: the best of the sweep (-scenarios tune) on the
 // 2-core reference machine; see README.md.
 var (
-	tunedKafkaDefault  = relayConfig{batch: 2000, workers: 2}
-	tunedRabbitDefault = relayConfig{batch: 1000, workers: 2}
+	tunedKafkaDefault  = relayConfig{batch: 10000, workers: 4}
+	tunedRabbitDefault = relayConfig{batch: 1000, workers: 8}
 )
 
 // whatIfDefault are the settings of the what-if runs: the two proposed
@@ -86,7 +86,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.payload, "payload", 100, "payload size in bytes (JSON)")
 	fs.StringVar(&o.scenarios, "scenarios", "all", "comma list of forwarder, baresql, relay, rabbit, latency, tune; all = every one but tune")
 	fs.IntVar(&o.reps, "reps", 3, "repetitions of each throughput measurement (interleaved); the report gives medians")
-	fs.BoolVar(&o.quick, "quick", false, "smoke mode: one repetition, a 3 s latency run, no EXPLAIN, no results file")
+	fs.BoolVar(&o.quick, "quick", false, "smoke mode: one repetition, a 2 s latency run, no what-if runs, no EXPLAIN, no results file")
 	tuned := fs.String("tuned", fmtRC(tunedKafkaDefault), "tuned relay settings for Kafka, BatchSize/Workers")
 	rabbitTuned := fs.String("rabbit-tuned", fmtRC(tunedRabbitDefault), "tuned relay settings for RabbitMQ, BatchSize/Workers")
 	fs.IntVar(&o.latencyRate, "latency-rate", 1000, "latency scenario: committed events per second")
@@ -120,13 +120,16 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if o.quick {
 		o.reps = 1
 		if !isSet(fs, "latency-duration") {
-			o.latencyDuration = 3 * time.Second
+			o.latencyDuration = 2 * time.Second
 		}
 		if !outSet {
 			o.out = ""
 		}
 		if !isSet(fs, "timeout") {
 			o.timeout = time.Minute
+		}
+		if !isSet(fs, "whatif") {
+			o.whatIf = ""
 		}
 	}
 	var err error

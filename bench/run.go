@@ -17,6 +17,18 @@ type contender struct {
 	runs   []measurement
 }
 
+// pgEfficiency is events per second of PostgreSQL backend CPU (median of
+// the runs), 0 when unknown or when the contender uses no PostgreSQL.
+func (c *contender) pgEfficiency() float64 {
+	var xs []float64
+	for _, m := range c.runs {
+		if m.pgCPU > 0 {
+			xs = append(xs, float64(m.events)/m.pgCPU.Seconds())
+		}
+	}
+	return median(xs)
+}
+
 func (c *contender) median() float64 {
 	var rates []float64
 	for _, m := range c.runs {
@@ -170,7 +182,8 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	}
 
 	if o.wants("relay") && !o.quick {
-		tr := e.traces["relay "+o.tuned.String()]
+		// The shipped defaults: that is where a user meets the plans.
+		tr := e.traces["relay "+relayConfig{}.String()]
 		ex, err := e.explainRelay(ctx, tr)
 		if err != nil {
 			res.notes = append(res.notes, "EXPLAIN failed: "+err.Error())
