@@ -556,3 +556,41 @@ func TestRetentionPlanUsesIndexes(t *testing.T) {
 		t.Errorf("plan scans a table:\n%s", plan)
 	}
 }
+
+// TestPendingProbePlansReadPendingRowsOnly: with statistics taken during a
+// backlog that has since drained, the per-partition probes of rescue and
+// alarms still read messages_pending_idx, never messages_pkey through the
+// published history (see relay claimSQL).
+func TestPendingProbePlansReadPendingRowsOnly(t *testing.T) {
+	db := testDB(t)
+	execSQL(t, db.Pool, `ALTER TABLE outbox.messages SET (autovacuum_enabled = false)`)
+	execSQL(t, db.Pool, `INSERT INTO outbox.messages (event_id, topic, partition, type, payload, content_type)
+		SELECT gen_random_uuid(), 'payments', i % 32, 'payment.created', '\x7b7d', 'application/json'
+		  FROM generate_series(1, 50000) i`)
+	execSQL(t, db.Pool, `ANALYZE outbox.messages`)
+	execSQL(t, db.Pool, `UPDATE outbox.messages SET status = 'published', published_at = now() WHERE id <= 45000`)
+	s := newSweeper(t, db.Pool, Config{}, nil)
+	for name, q := range map[string]string{"rescue": s.sql.rescueScan, "alarms": s.sql.partitions} {
+		args := []any{"1 minute"}
+		if name == "rescue" {
+			args = append(args, 1000)
+		}
+		rows, err := db.Pool.Query(context.Background(), "EXPLAIN "+q, args...)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		plan := strings.Join(lines, "\n")
+		if !strings.Contains(plan, "messages_pending_idx") {
+			t.Errorf("%s does not read messages_pending_idx:\n%s", name, plan)
+		}
+		for _, bad := range []string{"messages_pkey", "Seq Scan on messages"} {
+			if strings.Contains(plan, bad) {
+				t.Errorf("%s uses %s, which walks published rows:\n%s", name, bad, plan)
+			}
+		}
+	}
+}

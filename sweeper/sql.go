@@ -12,6 +12,11 @@ import "strings"
 // The system actor of every audit entry the sweeper writes.
 const actor = "system:sweeper"
 
+// Per-partition probes of pending events bound the partition by row
+// comparisons and order by (partition, id), never "partition = p ORDER BY
+// id": only messages_pending_idx yields that order, so the planner cannot
+// walk messages_pkey through the published history (see relay claimSQL).
+
 // Reclaim.
 const (
 	// reclaimLeasesSQL frees partition leases that expired more than $1 ago.
@@ -45,9 +50,11 @@ const (
 )
 SELECT f.partition, f.owner, f.lease_until,
        (SELECT count(*) FROM (SELECT 1 FROM {{O}}.messages m
-                               WHERE m.partition = f.partition AND m.status = 'pending' LIMIT $2) c),
+                               WHERE (m.partition, m.id) > (f.partition, 0) AND (m.partition, m.id) < (f.partition + 1, 0)
+                                 AND m.status = 'pending' ORDER BY m.partition, m.id LIMIT $2) c),
        (SELECT m.event_id FROM {{O}}.messages m
-         WHERE m.partition = f.partition AND m.status = 'pending' ORDER BY m.id LIMIT 1)
+         WHERE (m.partition, m.id) > (f.partition, 0) AND (m.partition, m.id) < (f.partition + 1, 0)
+           AND m.status = 'pending' ORDER BY m.partition, m.id LIMIT 1)
   FROM freed f
  ORDER BY f.partition`
 
@@ -112,8 +119,9 @@ const (
  CROSS JOIN LATERAL (
        SELECT count(*) AS waiting, min(x.available_at) AS oldest_due
          FROM (SELECT m.available_at FROM {{O}}.messages m
-                WHERE m.partition = p.partition AND m.status = 'pending' AND m.available_at < now() - $1::interval
-                LIMIT $2) x) w
+                WHERE (m.partition, m.id) > (p.partition, 0) AND (m.partition, m.id) < (p.partition + 1, 0)
+                  AND m.status = 'pending' AND m.available_at < now() - $1::interval
+                ORDER BY m.partition, m.id LIMIT $2) x) w
  WHERE w.waiting > 0
  ORDER BY p.partition`
 
@@ -286,8 +294,9 @@ const (
   FROM {{O}}.partitions p
   LEFT JOIN LATERAL (
        SELECT m.available_at FROM {{O}}.messages m
-        WHERE m.partition = p.partition AND m.status = 'pending' AND m.available_at < now() - $1::interval
-        ORDER BY m.id LIMIT 1) w ON true
+        WHERE (m.partition, m.id) > (p.partition, 0) AND (m.partition, m.id) < (p.partition + 1, 0)
+          AND m.status = 'pending' AND m.available_at < now() - $1::interval
+        ORDER BY m.partition, m.id LIMIT 1) w ON true
  ORDER BY p.partition`
 
 	// scheduledConflictsSQL: delayed events that cannot move into the
