@@ -130,16 +130,20 @@ func (r *Relay) Run(ctx context.Context) error {
 
 	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	parts, tokens := r.leases.takeAll()
+	parts, _ := r.leases.takeAll()
 	r.cfg.Metrics.leasesDelta(-len(parts))
-	released, err := r.release(stopCtx, parts, tokens)
+	// Every lease under this relay's id, not only the ones it knows of: no
+	// worker of it runs any more, and a lease it took without learning so
+	// (a lost reply) would otherwise wait lease_ttl for its expiry.
+	tag, err := r.pool.Exec(stopCtx, r.sql.releaseAll, r.cfg.RelayID)
+	released := tag.RowsAffected()
 	if err != nil {
 		r.log.Warn("relay stop: releasing leases failed; they expire on their own", slog.Any("error", err))
 	}
 	if _, err := r.pool.Exec(stopCtx, r.sql.unregister, r.cfg.RelayID); err != nil {
 		r.log.Warn("relay stop: unregister failed", slog.Any("error", err))
 	}
-	r.log.Info("relay stopped", slog.Int("leases_released", released))
+	r.log.Info("relay stopped", slog.Int64("leases_released", released))
 	return nil
 }
 
@@ -183,7 +187,14 @@ func (r *Relay) leaseLoop(ctx context.Context) {
 	tick := time.NewTicker(r.cfg.LeaseTTL / 3)
 	defer tick.Stop()
 	for {
-		if err := r.balance(ctx); err != nil && ctx.Err() == nil {
+		// A lease round is never cancelled mid-statement: a cancelled
+		// acquire can commit on the server while the client loses its
+		// result, and this relay would stop without knowing it holds those
+		// leases. Stopping waits for the round in flight instead.
+		roundCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.LeaseTTL)
+		err := r.balance(roundCtx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
 			r.log.Warn("relay: lease round failed; leases expire after lease_ttl unless renewed",
 				slog.Any("error", err), slog.Duration("lease_ttl", r.cfg.LeaseTTL))
 		}

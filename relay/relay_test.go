@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"strings"
 	"sync"
@@ -550,4 +551,38 @@ func TestLeaseSharingAndGracefulStop(t *testing.T) {
 		t.Error("stopped relay still registered")
 	}
 	testenv.Eventually(t, 15*time.Second, "relay A takes every partition back", func() bool { return owned(a.ID()) == testenv.Partitions })
+}
+
+// TestStopDuringStartLeavesNoLease stops relays at random moments of their
+// start, when a lease round may be in flight: a stopped relay must never
+// leave a lease behind (it would hold its partitions for lease_ttl).
+func TestStopDuringStartLeavesNoLease(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDB(t)
+	pool := newPool(t, db.URL, 8)
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(7, 11))
+	for i := range 40 {
+		cfg := fastConfig(t, &faultPublisher{})
+		cfg.LeaseTTL = time.Minute // a leaked lease would outlive the test
+		r, err := relay.New(pool, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		runCtx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- r.Run(runCtx) }()
+		time.Sleep(time.Duration(rng.IntN(30_000)) * time.Microsecond)
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("stop %d: Run: %v", i, err)
+		}
+		var held int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox.partitions WHERE owner = $1`, r.ID()).Scan(&held); err != nil {
+			t.Fatal(err)
+		}
+		if held != 0 {
+			t.Fatalf("stop %d: relay %s still holds %d leases after Run returned", i, r.ID(), held)
+		}
+	}
 }

@@ -57,6 +57,11 @@ RETURNING p.partition`
  WHERE p.partition = f.partition AND p.lease_token = f.token AND p.owner = $1
 RETURNING p.partition`
 
+	// releaseAllSQL gives back every lease of relay $1 when it stops.
+	releaseAllSQL = `UPDATE {{S}}.partitions
+   SET owner = NULL, lease_until = NULL, heartbeat_at = now()
+ WHERE owner = $1`
+
 	topicPoliciesSQL = `SELECT topic, on_park, coalesce(max_attempts, 0) FROM {{S}}.topic_policies`
 )
 
@@ -245,21 +250,21 @@ SELECT r.event_id, r.topic, r.key, r.partition,
 
 // statements is the SQL of one Relay rendered for its schema.
 type statements struct {
-	heartbeat, unregister, setIdle                   string
-	acquire, renew, release, topicPolicies           string
-	claim, markPublished, fence                      string
-	releaseLanes, unblockLanes                       string
-	retry, park, holdLane, deferLane                 string
-	blockLane, blockLater, releaseLane, releaseLater string
-	attempt, auditPark                               string
-	promote, markConflict, nextDue                   string
+	heartbeat, unregister, setIdle                     string
+	acquire, renew, release, releaseAll, topicPolicies string
+	claim, markPublished, fence                        string
+	releaseLanes, unblockLanes                         string
+	retry, park, holdLane, deferLane                   string
+	blockLane, blockLater, releaseLane, releaseLater   string
+	attempt, auditPark                                 string
+	promote, markConflict, nextDue                     string
 }
 
 func renderStatements(schemaIdent string) statements {
 	r := func(q string) string { return strings.ReplaceAll(q, "{{S}}", schemaIdent) }
 	return statements{
 		heartbeat: r(heartbeatSQL), unregister: r(unregisterSQL), setIdle: r(setIdleSQL),
-		acquire: r(acquireSQL), renew: r(renewSQL), release: r(releaseSQL), topicPolicies: r(topicPoliciesSQL),
+		acquire: r(acquireSQL), renew: r(renewSQL), release: r(releaseSQL), releaseAll: r(releaseAllSQL), topicPolicies: r(topicPoliciesSQL),
 		claim: r(claimSQL), markPublished: r(markPublishedSQL), fence: r(fenceSQL),
 		releaseLanes: r(releaseLanesSQL), unblockLanes: r(unblockLanesSQL),
 		retry: r(retrySQL), park: r(parkSQL), holdLane: r(holdLaneSQL), deferLane: r(deferLaneSQL),
