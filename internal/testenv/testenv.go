@@ -176,11 +176,17 @@ func ensureTemplate() (string, error) {
 	if err := migrations.Up(ctx, withDatabase(AdminURL(), building), &migrations.Config{Partitions: Partitions}); err != nil {
 		return "", fmt.Errorf("migrate template: %w", err)
 	}
+	if _, err := conn.Exec(ctx, "COMMENT ON DATABASE "+pgx.Identifier{building}.Sanitize()+" IS '"+templateComment+time.Now().UTC().Format(time.RFC3339)+"'"); err != nil {
+		return "", err
+	}
 	if _, err := conn.Exec(ctx, "ALTER DATABASE "+pgx.Identifier{building}.Sanitize()+" RENAME TO "+pgx.Identifier{name}.Sanitize()); err != nil {
 		return "", err
 	}
 	return name, nil
 }
+
+// templateComment prefixes the build time in a template's comment.
+const templateComment = "outboxkit test template built "
 
 var orphanName = regexp.MustCompile(`^okt_(\d+)_\d+_[0-9a-f]+$`)
 
@@ -198,7 +204,13 @@ func dropOrphans(ctx context.Context, conn *pgx.Conn, currentTemplate string) {
 			pid, _ := strconv.Atoi(m[1])
 			drop = pid != os.Getpid() && syscall.Kill(pid, 0) == syscall.ESRCH
 		} else if strings.HasPrefix(n, "okt_tpl_") && n != currentTemplate && !strings.HasSuffix(n, "_b") {
-			drop = true
+			// Another checkout (a worktree, a branch) may still be using a
+			// template of other migration contents: drop it only when it
+			// was built long ago.
+			var built string
+			conn.QueryRow(ctx, "SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database WHERE datname = $1", n).Scan(&built) //nolint:errcheck
+			at, err := time.Parse(time.RFC3339, strings.TrimPrefix(built, templateComment))
+			drop = err != nil || time.Since(at) > 12*time.Hour
 		}
 		if drop {
 			conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{n}.Sanitize()) //nolint:errcheck
