@@ -70,6 +70,16 @@ type Config struct {
 	// times out is retried: a duplicate is possible, a loss is not.
 	PublishTimeout time.Duration
 
+	// DurableMarks makes every "published" mark wait for its WAL flush, as
+	// the database's synchronous_commit says. By default the relay marks
+	// with synchronous_commit = off for that one transaction: a mark lost
+	// in a database crash (the last few hundred milliseconds at most) only
+	// means those events are published again, which consumers absorb (the
+	// inbox deduplicates by event id), and the relay no longer waits for a
+	// disk flush on every batch. Nothing else the relay writes (failures,
+	// parks, lane releases, leases) is affected.
+	DurableMarks bool
+
 	// ListenURL is the database URL of the connection that LISTENs for
 	// wake-ups. Empty means the pool's own connection settings. Behind
 	// PgBouncer in transaction pooling mode (where LISTEN does not work) set

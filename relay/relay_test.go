@@ -126,6 +126,15 @@ func TestRunWithoutSchemaSaysWhatToDo(t *testing.T) {
 // never; the relay marks each published with its broker coordinates.
 func TestPublishesCommittedNeverRolledBack(t *testing.T) {
 	t.Parallel()
+	for _, durable := range []bool{false, true} {
+		t.Run(fmt.Sprintf("DurableMarks=%v", durable), func(t *testing.T) {
+			t.Parallel()
+			testPublishesCommittedNeverRolledBack(t, durable)
+		})
+	}
+}
+
+func testPublishesCommittedNeverRolledBack(t *testing.T, durableMarks bool) {
 	db := testenv.NewDB(t)
 	k := testenv.NewKafka(t)
 	topic := testenv.UniqueName("transfers")
@@ -156,7 +165,9 @@ func TestPublishesCommittedNeverRolledBack(t *testing.T) {
 		committed = append(committed, id)
 	}
 	pool := newPool(t, db.URL, 6)
-	runRelay(t, pool, fastConfig(t, kafkaPublisher(t, k)))
+	cfg := fastConfig(t, kafkaPublisher(t, k))
+	cfg.DurableMarks = durableMarks
+	runRelay(t, pool, cfg)
 	waitPublished(t, db.Pool, len(committed), 30*time.Second)
 
 	recs := k.Records(t, topic, len(committed), 20*time.Second)

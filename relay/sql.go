@@ -118,6 +118,10 @@ SELECT (SELECT count(*) FROM marked),
        EXISTS (SELECT 1 FROM {{S}}.lanes l JOIN marked ON l.blocked_by = marked.id
                 WHERE l.blocked_by IS NOT NULL AND l.hold_until = 'infinity')`
 
+// asyncCommitSQL precedes markPublishedSQL in its transaction unless
+// Config.DurableMarks.
+const asyncCommitSQL = `SET LOCAL synchronous_commit = off`
+
 // releaseLanesSQL and unblockLanesSQL run in one transaction when the head a
 // blocked lane waited for was published: the lane flows again. Two
 // statements, because the second needs a snapshot taken after the first

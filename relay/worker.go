@@ -345,10 +345,8 @@ func (w *worker) record(ctx context.Context, parts []int32, tokens []int64, msgs
 	}
 	if len(ackIDs) > 0 {
 		r.outageOver()
-		var n int64
-		var headPublished bool
-		if err := r.pool.QueryRow(ctx, r.sql.markPublished, r.cfg.RelayID, parts, tokens, ackIDs, acks,
-			elapsed.Milliseconds()).Scan(&n, &headPublished); err != nil {
+		n, headPublished, err := r.mark(ctx, parts, tokens, ackIDs, acks, elapsed)
+		if err != nil {
 			return fmt.Errorf("mark published: %w", err)
 		}
 		if headPublished {
@@ -382,6 +380,28 @@ func (w *worker) record(ctx context.Context, parts []int32, tokens []int64, msgs
 		r.outageFailed(fails[0].err)
 	}
 	return w.recordFailures(ctx, parts, tokens, fails, started, elapsed)
+}
+
+// mark records acknowledged events as published (markPublishedSQL) and
+// returns how many it marked and whether one was the head a blocked lane
+// waits for. It does not wait for the WAL flush unless Config.DurableMarks:
+// see there why losing a mark is safe.
+func (r *Relay) mark(ctx context.Context, parts []int32, tokens []int64, ids []int64, acks []string,
+	elapsed time.Duration) (marked int64, headPublished bool, err error) {
+	args := []any{r.cfg.RelayID, parts, tokens, ids, acks, elapsed.Milliseconds()}
+	if r.cfg.DurableMarks {
+		err = r.pool.QueryRow(ctx, r.sql.markPublished, args...).Scan(&marked, &headPublished)
+		return marked, headPublished, err
+	}
+	err = pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		b := &pgx.Batch{}
+		b.Queue(asyncCommitSQL)
+		b.Queue(r.sql.markPublished, args...).QueryRow(func(row pgx.Row) error {
+			return row.Scan(&marked, &headPublished)
+		})
+		return tx.SendBatch(ctx, b).Close()
+	})
+	return marked, headPublished, err
 }
 
 // isBefore reports whether msgs[i] comes before every failed event of its

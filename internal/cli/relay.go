@@ -237,6 +237,7 @@ func runRelay(ctx context.Context, env *Env, args []string) error {
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", relay.LeaseTTLDefault, "partition lease duration; a dead relay's partitions move after this")
 	fs.StringVar(&cfg.ListenURL, "listen-url", "", "direct PostgreSQL URL for LISTEN when --database-url goes through PgBouncer in transaction mode (default $OUTBOXKIT_LISTEN_URL)")
 	fs.BoolVar(&cfg.DisableListen, "no-listen", false, "do not LISTEN; find events by polling only")
+	fs.BoolVar(&cfg.DurableMarks, "durable-marks", false, "wait for the WAL flush of every published mark (default: not, a mark lost in a database crash only republishes)")
 	source := fs.String("source", envOr(env, "OUTBOXKIT_SOURCE", ""), "CloudEvents source for events that have none ($OUTBOXKIT_SOURCE)")
 	metricsAddr := fs.String("metrics-addr", env.Getenv("OUTBOXKIT_METRICS_ADDR"), "serve /metrics, /healthz and /readyz here, e.g. 127.0.0.1:9090 ($OUTBOXKIT_METRICS_ADDR)")
 	if pos, err := parse(fs, args); err != nil {
