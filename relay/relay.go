@@ -426,7 +426,9 @@ func (r *Relay) setSleeping(ctx context.Context, w int, sleeping bool) {
 	if anySleeping == s.dbIdle {
 		return
 	}
-	if _, err := r.pool.Exec(ctx, r.sql.setIdle, r.cfg.RelayID, anySleeping); err != nil {
+	// A hint, written without waiting for the WAL flush: a worker waking
+	// up must not wait for a disk round trip before its next claim.
+	if err := r.withoutFlush(ctx, func(b *pgx.Batch) { b.Queue(r.sql.setIdle, r.cfg.RelayID, anySleeping) }); err != nil {
 		// Producers keep the last flag: at worst they notify while we are
 		// busy (slower commits) or not while we sleep (polling finds it).
 		r.log.Warn("relay: updating the idle flag failed", slog.Any("error", err))

@@ -118,8 +118,8 @@ SELECT (SELECT count(*) FROM marked),
        EXISTS (SELECT 1 FROM {{S}}.lanes l JOIN marked ON l.blocked_by = marked.id
                 WHERE l.blocked_by IS NOT NULL AND l.hold_until = 'infinity')`
 
-// asyncCommitSQL precedes markPublishedSQL in its transaction unless
-// Config.DurableMarks.
+// asyncCommitSQL starts the transactions of Relay.withoutFlush: the marks
+// (unless Config.DurableMarks) and the idle flag.
 const asyncCommitSQL = `SET LOCAL synchronous_commit = off`
 
 // releaseLanesSQL and unblockLanesSQL run in one transaction when the head a

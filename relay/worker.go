@@ -393,15 +393,25 @@ func (r *Relay) mark(ctx context.Context, parts []int32, tokens []int64, ids []i
 		err = r.pool.QueryRow(ctx, r.sql.markPublished, args...).Scan(&marked, &headPublished)
 		return marked, headPublished, err
 	}
-	err = pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
-		b := &pgx.Batch{}
-		b.Queue(asyncCommitSQL)
+	err = r.withoutFlush(ctx, func(b *pgx.Batch) {
 		b.Queue(r.sql.markPublished, args...).QueryRow(func(row pgx.Row) error {
 			return row.Scan(&marked, &headPublished)
 		})
-		return tx.SendBatch(ctx, b).Close()
 	})
 	return marked, headPublished, err
+}
+
+// withoutFlush runs the statements queue adds in one transaction, sent in
+// one round trip, that commits without waiting for its WAL flush
+// (synchronous_commit = off): for writes whose loss in a database crash is
+// harmless.
+func (r *Relay) withoutFlush(ctx context.Context, queue func(b *pgx.Batch)) error {
+	return pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		b := &pgx.Batch{}
+		b.Queue(asyncCommitSQL)
+		queue(b)
+		return tx.SendBatch(ctx, b).Close()
+	})
 }
 
 // isBefore reports whether msgs[i] comes before every failed event of its
