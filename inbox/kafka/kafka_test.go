@@ -436,3 +436,30 @@ func TestRunWithoutSchemaSaysWhatToDo(t *testing.T) {
 		t.Fatalf("want a hint to run migrate up, got %v", err)
 	}
 }
+
+// A stop that comes while Run is starting (Verify in flight, or before it)
+// is a stop: Run returns nil, as it does after any other stop.
+func TestRunStoppedDuringStartReturnsNil(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDB(t)
+	in, err := newInbox(db.Pool, logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		c, err := kafka.New(in, kafka.Config{Brokers: []string{"127.0.0.1:1"}, Topics: []string{"t"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		if i == 0 {
+			cancel() // stopped before it started
+		} else {
+			time.AfterFunc(time.Duration(i*100)*time.Microsecond, cancel)
+		}
+		if err := c.Run(ctx); err != nil {
+			t.Fatalf("stop %d (after %dµs): Run returned %v, want nil", i, i*100, err)
+		}
+		cancel()
+	}
+}

@@ -172,9 +172,15 @@ func (c *Consumer) Run(ctx context.Context) error {
 		c.mu.Unlock()
 	}()
 	// A database that is down is waited for (the inbox's breaker); tables
-	// that are missing are a deployment error worth stopping for.
-	if err := c.in.Verify(ctx); err != nil && inbox.ClassOf(err) != inbox.ClassDependencyOutage {
-		return err
+	// that are missing are a deployment error worth stopping for. A stop
+	// that comes while Verify runs is a stop, not an error.
+	if err := c.in.Verify(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if inbox.ClassOf(err) != inbox.ClassDependencyOutage {
+			return err
+		}
 	}
 	failures := 0
 	for {

@@ -318,3 +318,27 @@ func TestRunWithoutSchemaSaysWhatToDo(t *testing.T) {
 		t.Fatalf("want a hint to run migrate up, got %v", err)
 	}
 }
+
+// A stop that comes while Run is starting (Verify in flight, or before it)
+// is a stop: Run returns nil, as it does after any other stop.
+func TestRunStoppedDuringStartReturnsNil(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDB(t)
+	in := newInbox(t, db.Pool)
+	for i := range 20 {
+		c, err := rabbitmq.New(in, rabbitmq.Config{URL: testenv.RabbitURL(), Queue: "q"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		if i == 0 {
+			cancel() // stopped before it started
+		} else {
+			time.AfterFunc(time.Duration(i*100)*time.Microsecond, cancel)
+		}
+		if err := c.Run(ctx); err != nil {
+			t.Fatalf("stop %d (after %dµs): Run returned %v, want nil", i, i*100, err)
+		}
+		cancel()
+	}
+}
