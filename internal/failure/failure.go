@@ -110,7 +110,10 @@ func ClassOf(err error) Class {
 // IsNetwork reports errors that mean the peer is unreachable or the
 // connection broke, not that this one event is bad.
 func IsNetwork(err error) bool {
+	// pgconn.ErrConnClosed: pgx refuses to use a connection it closed after
+	// its socket broke; the next connection may work.
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, pgconn.ErrConnClosed) ||
 		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
 		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) {
 		return true

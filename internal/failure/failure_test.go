@@ -23,6 +23,10 @@ func TestClassOf(t *testing.T) {
 		{&pgconn.PgError{Code: "23505"}, Conflict},
 		{fmt.Errorf("dial: %w", syscall.ECONNREFUSED), DependencyOutage},
 		{io.EOF, DependencyOutage},
+		// What pgx returns for a connection whose socket went away (found
+		// by the chaos soak: an inbox adapter starting during a database
+		// cut exited instead of waiting).
+		{fmt.Errorf("inbox: %w", pgconn.ErrConnClosed), DependencyOutage},
 		{errors.New("something odd"), Transient},
 		{&Error{Class: "bogus", Err: errors.New("x")}, Transient},
 	}
