@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -187,14 +188,18 @@ func (r *run) relayPause(ctx context.Context) (time.Time, string, error) {
 	return rec.resumed, note, nil
 }
 
+// keysOf returns the partitions of m, in ascending order.
 func keysOf(m map[int32]int64) []int32 {
 	out := make([]int32, 0, len(m))
 	for k := range m {
 		out = append(out, k)
 	}
+	slices.Sort(out)
 	return out
 }
 
+// valuesOf returns the tokens of m in the order of keysOf(m), so that the
+// two make (partition, token) pairs.
 func valuesOf(m map[int32]int64) []int64 {
 	keys := keysOf(m)
 	out := make([]int64, len(keys))
