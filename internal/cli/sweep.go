@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -57,22 +58,27 @@ func (f daysDuration) Set(s string) error {
 }
 
 // parseDays parses a Go duration optionally preceded by a number of days.
+// Negative durations and durations past time.Duration's range (about 292
+// years) are refused: a value that wrapped around would be a retention or
+// threshold nobody asked for.
 func parseDays(s string) (time.Duration, error) {
 	s = strings.TrimSpace(s)
+	invalid := fmt.Errorf("invalid duration %q: use e.g. 7d, 36h or 90s", s)
+	const day = 24 * time.Hour
 	var days time.Duration
 	if i := strings.IndexByte(s, 'd'); i > 0 {
-		n, err := strconv.Atoi(s[:i])
-		if err != nil || n < 0 {
-			return 0, fmt.Errorf("invalid duration %q: use e.g. 7d, 36h or 90s", s)
+		n, err := strconv.ParseInt(s[:i], 10, 64)
+		if err != nil || n < 0 || n > int64(math.MaxInt64/day) {
+			return 0, invalid
 		}
-		days = time.Duration(n) * 24 * time.Hour
+		days = time.Duration(n) * day
 		if s = s[i+1:]; s == "" {
 			return days, nil
 		}
 	}
 	d, err := time.ParseDuration(s)
-	if err != nil {
-		return 0, fmt.Errorf("invalid duration %q: use e.g. 7d, 36h or 90s", s)
+	if err != nil || d < 0 || d > math.MaxInt64-days {
+		return 0, invalid
 	}
 	return days + d, nil
 }
