@@ -105,6 +105,9 @@ func (r *Relay) Run(ctx context.Context) error {
 
 	if err := r.start(ctx); err != nil {
 		if ctx.Err() != nil {
+			// Stopped during the start: the registration may have
+			// committed while its reply was lost to the cancellation.
+			r.unregister(ctx)
 			return nil
 		}
 		return err
@@ -140,11 +143,20 @@ func (r *Relay) Run(ctx context.Context) error {
 	if err != nil {
 		r.log.Warn("relay stop: releasing leases failed; they expire on their own", slog.Any("error", err))
 	}
-	if _, err := r.pool.Exec(stopCtx, r.sql.unregister, r.cfg.RelayID); err != nil {
-		r.log.Warn("relay stop: unregister failed", slog.Any("error", err))
-	}
+	r.unregister(stopCtx)
 	r.log.Info("relay stopped", slog.Int64("leases_released", released))
 	return nil
+}
+
+// unregister removes the relay's registration, so that the others count
+// one relay less for their fair share at once instead of after lease_ttl.
+// It runs even when ctx has ended (the stop), for at most 5 seconds.
+func (r *Relay) unregister(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, err := r.pool.Exec(ctx, r.sql.unregister, r.cfg.RelayID); err != nil {
+		r.log.Warn("relay stop: unregister failed", slog.Any("error", err))
+	}
 }
 
 // start registers the relay, retrying while the database is unreachable.

@@ -588,12 +588,13 @@ func TestStopDuringStartLeavesNoLease(t *testing.T) {
 		if err := <-done; err != nil {
 			t.Fatalf("stop %d: Run: %v", i, err)
 		}
-		var held int
-		if err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox.partitions WHERE owner = $1`, r.ID()).Scan(&held); err != nil {
+		var held, registered int
+		if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM outbox.partitions WHERE owner = $1),
+       (SELECT count(*) FROM outbox.relays WHERE relay_id = $1)`, r.ID()).Scan(&held, &registered); err != nil {
 			t.Fatal(err)
 		}
-		if held != 0 {
-			t.Fatalf("stop %d: relay %s still holds %d leases after Run returned", i, r.ID(), held)
+		if held != 0 || registered != 0 {
+			t.Fatalf("stop %d: relay %s still holds %d leases (registered: %d) after Run returned", i, r.ID(), held, registered)
 		}
 	}
 }
