@@ -694,7 +694,7 @@ func (rep *report) table(r *run) string {
 	w("  %-46s %d relay parks (unroutable), %d inbox dead letters (no handler)", "expected parks, all audited", rep.expectedParks, rep.expectedDeadLetters)
 	w("  %-46s p50 %s, p99 %s, max %s (the feeder polls every 200ms)", "commit to applied", rep.e2eP50.Round(time.Millisecond),
 		rep.e2eP99.Round(time.Millisecond), rep.e2eMax.Round(time.Millisecond))
-	w("  %-46s %d lease changes; %d marks by paused relays after SIGCONT, all under new leases", "fencing", rep.leaseChanges, rep.marksAfterResume)
+	w("  %-46s %d lease changes; %d marks by paused relays after SIGCONT in partitions they held at the pause", "fencing", rep.leaseChanges, rep.marksAfterResume)
 	w("")
 	w("faults                     count  max recovery  (recovery: from the fault healed until every event committed before was applied)")
 	r.mu.Lock()
