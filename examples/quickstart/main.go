@@ -1,5 +1,5 @@
-// Command quickstart is the code of docs/getting-started.md in one program: a
-// producer, a relay and a consumer, on Kafka.
+// Command quickstart is the flow of docs/getting-started.md in one program
+// that runs by itself: a producer, a relay and a consumer, on Kafka.
 //
 //	go run ./examples/quickstart
 //
