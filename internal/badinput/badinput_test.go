@@ -146,7 +146,8 @@ func TestBrokerNackLosesNothing(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	db := testenv.NewDB(t)
-	ch, err := testenv.Rabbit(t).Channel()
+	conn := testenv.Rabbit(t)
+	ch, err := conn.Channel()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,16 +159,25 @@ func TestBrokerNackLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := ch.QueueDeclare(full, false, true, false, false,
-		amqp.Table{"x-max-length": int32(0), "x-overflow": "reject-publish"}); err != nil {
+		amqp.Table{"x-max-length": int32(0), "x-overflow": "reject-publish", "x-expires": int32(600_000)}); err != nil {
 		t.Fatal(err)
 	}
 	if err := ch.QueueBind(full, "payments", exchange, false, nil); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		ch.QueueDelete(full, false, false, false) //nolint:errcheck
-		ch.QueueDelete(good, false, false, false) //nolint:errcheck
-		ch.ExchangeDelete(exchange, false, false) //nolint:errcheck
+		// A channel of its own: a failed step may have closed ch.
+		ch, err := conn.Channel()
+		if err != nil {
+			t.Errorf("cleanup: %v", err)
+			return
+		}
+		defer ch.Close()
+		ch.QueueDelete(full, false, false, false) //nolint:errcheck // may be deleted already
+		ch.QueueDelete(good, false, false, false) //nolint:errcheck // may never have been declared
+		if err := ch.ExchangeDelete(exchange, false, false); err != nil {
+			t.Errorf("cleanup: delete exchange %s: %v", exchange, err)
+		}
 	})
 	id, err := outbox.Enqueue(ctx, db.Pool, outbox.Message{Topic: "payments", Key: "payout-1", Type: "t", Payload: []byte("{}")})
 	if err != nil {
@@ -197,7 +207,7 @@ func TestBrokerNackLosesNothing(t *testing.T) {
 	if _, err := ch.QueueDelete(full, false, false, false); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ch.QueueDeclare(good, false, true, false, false, nil); err != nil {
+	if _, err := ch.QueueDeclare(good, false, true, false, false, amqp.Table{"x-expires": int32(600_000)}); err != nil {
 		t.Fatal(err)
 	}
 	if err := ch.QueueBind(good, "payments", exchange, false, nil); err != nil {
