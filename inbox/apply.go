@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/outboxkit/outboxkit/internal/failure"
+	"github.com/outboxkit/outboxkit/internal/wire"
 )
 
 // attempt makes one attempt at applying m. It returns the outcome when the
@@ -52,8 +53,16 @@ func (in *Inbox) attempt(ctx context.Context, m *message) (out Outcome, hErr, er
 }
 
 // applyIn runs the handler of m in tx, which holds m's processed record
-// (and its lane), and commits. tx is always ended.
+// (and its lane), and commits. tx is always ended. A skip marker runs no
+// handler: the record and the lane's move are all it commits.
 func (in *Inbox) applyIn(ctx context.Context, tx pgx.Tx, m *message) (Outcome, error, error) {
+	if skipMarker(m.ev) {
+		if err := tx.Commit(ctx); err != nil {
+			return 0, fmt.Errorf("commit: %w", err), nil
+		}
+		in.logSkipped(m.ev)
+		return Skipped, nil, nil
+	}
 	h, ev, err := in.resolve(m.ev)
 	if err != nil {
 		rollback(tx)
@@ -177,6 +186,20 @@ func (in *Inbox) slowPath(ctx context.Context, m *message) (out Outcome, hErr, e
 	}
 
 	switch {
+	case s < expected && skipMarker(ev):
+		// A skip marker behind its lane (the lane moved past its sequence
+		// another way: OnParkSkip, an accepted gap): it has nothing to
+		// apply and nothing to hold back. Record it so that a redelivery
+		// is a duplicate.
+		if _, err := tx.Exec(hctx, in.sql.processedInsert, in.cfg.Consumer, ev.ID, m.topic, ev.Key, s, m.sha[:]); err != nil {
+			return 0, nil, err
+		}
+		out, hErr, err := settle(Skipped, nil)
+		if out == Skipped {
+			in.logSkipped(ev)
+		}
+		return out, hErr, err
+
 	case s < expected:
 		// Its lane moved past it, yet this consumer never applied it (no
 		// processed record): a late event, a replay after the processed
@@ -229,6 +252,13 @@ func (in *Inbox) slowPath(ctx context.Context, m *message) (out Outcome, hErr, e
 		}
 		return settle(Parked, err)
 	}
+}
+
+// logSkipped logs a skip marker that moved its lane.
+func (in *Inbox) logSkipped(ev *wire.Event) {
+	in.log.Info("inbox: skip marker: the key moved past an event an operator dropped",
+		slog.String("event_id", ev.ID.String()), slog.String("key", ev.Key), slog.Int64("sequence", ev.Sequence),
+		slog.String("dropped_event_id", ev.Headers[wire.SkippedHeader]))
 }
 
 // headClass is the error class of dead letter id, given to the rows blocked

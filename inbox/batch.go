@@ -82,8 +82,11 @@ func (in *Inbox) tryBatch(ctx context.Context, ds []Delivery) ([]Outcome, bool) 
 	}
 	if ok {
 		applied := false
-		for _, o := range outs {
+		for i, o := range outs {
 			applied = applied || o == Applied
+			if o == Skipped {
+				in.logSkipped(ms[i].ev)
+			}
 		}
 		if applied {
 			in.breaker.success(probe)
@@ -150,6 +153,10 @@ func (in *Inbox) runTx(ctx context.Context, ms []*message) ([]Outcome, bool) {
 	}
 	outs := make([]Outcome, len(ms))
 	for i, m := range ms {
+		if skipMarker(m.ev) {
+			outs[i] = Skipped
+			continue
+		}
 		h, e, err := in.resolve(m.ev)
 		if err == nil {
 			err = in.runHandler(hctx, h, tx, e)
@@ -219,6 +226,10 @@ func (in *Inbox) batchTx(ctx context.Context, ms []*message) ([]Outcome, bool) {
 				!bytes.Equal(sha, m.sha[:]) {
 				return fail()
 			}
+			continue
+		}
+		if skipMarker(m.ev) {
+			outs[i] = Skipped
 			continue
 		}
 		h, e, err := in.resolve(m.ev)

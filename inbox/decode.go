@@ -35,6 +35,20 @@ type message struct {
 
 func (m *message) keyed() bool { return m.ev != nil && m.ev.Key != "" }
 
+// skipMarker reports whether ev is the skip marker an operator's drop of a
+// keyed outbox event left in its lane place: type wire.SkippedType, keyed,
+// and the header wire.SkippedHeader naming the dropped event. Producers
+// cannot set outboxkit-* headers (outbox refuses them), so an event of
+// that type sent by a producer is an ordinary event (without a handler it
+// is parked as no_handler), never silently skipped.
+func skipMarker(ev *wire.Event) bool {
+	if ev == nil || ev.Key == "" || ev.Type != wire.SkippedType {
+		return false
+	}
+	_, ok := ev.Headers[wire.SkippedHeader]
+	return ok
+}
+
 // storable reports whether s can be stored in a PostgreSQL text column.
 func storable(s string) bool {
 	return utf8.ValidString(s) && strings.IndexByte(s, 0) < 0

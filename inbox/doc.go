@@ -80,6 +80,22 @@
 //     the lane moves past it and gaps are accepted (with a warning), for
 //     consumers that value flow over order; the parked event can be
 //     redriven later, out of order.
+//   - Skip markers. When an operator drops a parked keyed outbox event
+//     ("outboxkit dlq drop"), an event of type "outboxkit.skipped" takes
+//     its lane place: same topic, key and sequence, no payload, and the
+//     header "outboxkit-skipped" naming the dropped event. The relay
+//     publishes it like any event. The inbox treats it as a no-op that
+//     moves the key's lane: it is recorded in inbox.processed (a
+//     redelivery is a Duplicate), the lane advances past its sequence so
+//     the next event flows, no handler is called (not even one registered
+//     for that type), and it is never parked for want of a handler
+//     (Outcome Skipped). It keeps its place in the order like any event: it
+//     waits in the dead letters when it arrives ahead of a missing event,
+//     or behind a parked head, and is released with the events around it;
+//     a marker behind its lane is recorded and skipped, not parked as out of
+//     order. Only the marker header makes the marker: a producer cannot set
+//     outboxkit-* headers, so an event a producer typed outboxkit.skipped
+//     is an ordinary event.
 //
 // # Failures and retries
 //

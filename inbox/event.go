@@ -112,6 +112,11 @@ const (
 	// Ignored: the event was replayed for another consumer (its
 	// ReplayToHeader names another consumer); nothing was done or recorded.
 	Ignored
+	// Skipped: the event was the skip marker an operator's drop of a keyed
+	// outbox event left in its place (type "outboxkit.skipped"): it was
+	// recorded as processed and its key's lane moved past the dropped
+	// event's sequence, without calling any handler.
+	Skipped
 )
 
 // ReplayToHeader is the event header by which "outboxkit replay --consumer C"
@@ -134,6 +139,8 @@ func (o Outcome) String() string {
 		return "already_parked"
 	case Ignored:
 		return "ignored"
+	case Skipped:
+		return "skipped"
 	}
 	return "unknown"
 }

@@ -34,7 +34,7 @@ type Inbox struct {
 	breaker *breaker
 	actor   string // audit actor of the inbox's own actions
 
-	counts [Ignored + 1]atomic.Int64 // deliveries settled, by Outcome
+	counts [Skipped + 1]atomic.Int64 // deliveries settled, by Outcome
 
 	mu         sync.RWMutex
 	handlers   map[typeVersion]Handler
@@ -199,14 +199,15 @@ func (in *Inbox) Handle(ctx context.Context, d Delivery) (Outcome, error) {
 
 // Stats counts the deliveries this Inbox settled since it was created.
 type Stats struct {
-	Applied, Duplicate, Parked, Blocked, AlreadyParked, Ignored int64
+	Applied, Duplicate, Parked, Blocked, AlreadyParked, Ignored, Skipped int64
 }
 
 // Stats returns the deliveries settled so far, by outcome.
 func (in *Inbox) Stats() Stats {
 	return Stats{Applied: in.counts[Applied].Load(), Duplicate: in.counts[Duplicate].Load(),
 		Parked: in.counts[Parked].Load(), Blocked: in.counts[Blocked].Load(),
-		AlreadyParked: in.counts[AlreadyParked].Load(), Ignored: in.counts[Ignored].Load()}
+		AlreadyParked: in.counts[AlreadyParked].Load(), Ignored: in.counts[Ignored].Load(),
+		Skipped: in.counts[Skipped].Load()}
 }
 
 func (in *Inbox) handle(ctx context.Context, d Delivery) (Outcome, error) {

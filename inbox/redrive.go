@@ -230,7 +230,12 @@ func (in *Inbox) applyDeadLetter(ctx context.Context, r *dlRow, mode applyMode) 
 			}
 		}
 	}
-	if details["outcome"] == "applied" {
+	if details["outcome"] == "applied" && skipMarker(ev) {
+		// A skip marker held back in the dead letters (waiting for a gap,
+		// or blocked behind a parked head): its lane moves past it, no
+		// handler runs.
+		details["outcome"] = "skipped"
+	} else if details["outcome"] == "applied" {
 		h, e, err := in.resolve(ev)
 		if err != nil {
 			return fail(err)
