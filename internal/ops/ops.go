@@ -7,6 +7,8 @@ package ops
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -224,6 +226,8 @@ type Detail struct {
 	Item
 	Partition   int               `json:"partition,omitempty"`
 	ContentType string            `json:"content_type"`
+	// Headers of an inbox dead letter: bytes that are not text are shown
+	// as "base64:<...>", a repeated name as name#2, name#3 (inboxHeaders).
 	Headers     map[string]string `json:"headers"`
 	CausationID string            `json:"causation_id,omitempty"`
 	TraceParent string            `json:"traceparent,omitempty"`
@@ -234,6 +238,61 @@ type Detail struct {
 	BlockedBy   int64             `json:"blocked_by,omitempty"`
 	Payload     []byte            `json:"payload"`
 	History     []Attempt         `json:"attempts_history"`
+}
+
+// inboxHeaders reads inbox.dead_letters.headers as the inbox writes them
+// (inbox/decode.go, encodeHeaders): a JSON array of {"name", "value"} in
+// received order, where a name or value that jsonb cannot hold byte for
+// byte (not valid UTF-8, or with NUL) is {"base64": "..."}. Such bytes are
+// shown as "base64:<standard base64>"; the second and later headers of a
+// repeated name are shown as name#2, name#3... A value that is not in that
+// format (never written by the inbox) is shown whole under "(unreadable)",
+// so Show still answers.
+func inboxHeaders(raw []byte) map[string]string {
+	var list []struct {
+		Name  json.RawMessage `json:"name"`
+		Value json.RawMessage `json:"value"`
+	}
+	out := map[string]string{}
+	unreadable := func() map[string]string { return map[string]string{"(unreadable)": string(raw)} }
+	if err := json.Unmarshal(raw, &list); err != nil {
+		return unreadable()
+	}
+	for _, h := range list {
+		name, ok1 := headerText(h.Name)
+		value, ok2 := headerText(h.Value)
+		if !ok1 || !ok2 {
+			return unreadable()
+		}
+		key := name
+		for n := 2; ; n++ {
+			if _, taken := out[key]; !taken {
+				break
+			}
+			key = fmt.Sprintf("%s#%d", name, n)
+		}
+		out[key] = value
+	}
+	return out
+}
+
+// headerText reads one name or value of inbox headers: a JSON string, or
+// {"base64": "..."} shown as "base64:...".
+func headerText(raw json.RawMessage) (string, bool) {
+	var s string
+	if err := json.Unmarshal(raw, &s); err == nil {
+		return s, true
+	}
+	var b struct {
+		Base64 *string `json:"base64"`
+	}
+	if err := json.Unmarshal(raw, &b); err != nil || b.Base64 == nil {
+		return "", false
+	}
+	if _, err := base64.StdEncoding.DecodeString(*b.Base64); err != nil {
+		return "", false
+	}
+	return "base64:" + *b.Base64, true
 }
 
 // Show returns one failed (or any) event with its payload and history.
@@ -259,10 +318,7 @@ func (s *Store) Show(ctx context.Context, ref Ref) (*Detail, error) {
 			history, err = s.pool.Query(ctx, s.sql.attempts, ref.ID)
 		}
 	case KindInbox:
-		var headers []struct {
-			Name, Value string
-			Base64      bool `json:"base64"`
-		}
+		var headers []byte
 		var blockedBy *int64
 		var source map[string]any
 		err = s.pool.QueryRow(ctx, s.sql.showDeadLetter, ref.ID).Scan(&d.Ref.ID, &d.EventID, &d.Topic, &d.Key, &d.Sequence,
@@ -270,14 +326,7 @@ func (s *Store) Show(ctx context.Context, ref Ref) (*Detail, error) {
 			&d.ErrorClass, &d.Error, &d.Consumer, &d.ConsumerVersion, &d.FirstFailedAt, &d.LastFailedAt, &blockedBy, &source)
 		if err == nil {
 			d.PayloadBytes = len(d.Payload)
-			d.Headers = map[string]string{}
-			for _, h := range headers {
-				v := h.Value
-				if h.Base64 {
-					v = "base64:" + v
-				}
-				d.Headers[h.Name] = v
-			}
+			d.Headers = inboxHeaders(headers)
 			if blockedBy != nil {
 				d.BlockedBy = *blockedBy
 			}
