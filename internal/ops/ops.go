@@ -221,13 +221,13 @@ type Attempt struct {
 	BrokerAck  string    `json:"broker_ack,omitempty"`
 }
 
-// Detail is everything known about one failed event.
+// Detail is everything known about one failed event. In the Headers of an
+// inbox dead letter, bytes that are not text are shown as "base64:<...>" and
+// a repeated name as name#2, name#3 (see inboxHeaders).
 type Detail struct {
 	Item
 	Partition   int               `json:"partition,omitempty"`
 	ContentType string            `json:"content_type"`
-	// Headers of an inbox dead letter: bytes that are not text are shown
-	// as "base64:<...>", a repeated name as name#2, name#3 (inboxHeaders).
 	Headers     map[string]string `json:"headers"`
 	CausationID string            `json:"causation_id,omitempty"`
 	TraceParent string            `json:"traceparent,omitempty"`
