@@ -75,6 +75,7 @@ func (in *Inbox) applyIn(ctx context.Context, tx pgx.Tx, m *message) (Outcome, e
 	if err := tx.Commit(ctx); err != nil {
 		return 0, fmt.Errorf("commit: %w", err), nil
 	}
+	in.metrics.applied(m.ev.Time, time.Now())
 	return Applied, nil, nil
 }
 
@@ -164,7 +165,8 @@ func (in *Inbox) slowPath(ctx context.Context, m *message) (out Outcome, hErr, e
 	if lane.fresh && in.cfg.StartLanesAtFirstSeen {
 		expected = s
 	}
-	settle := func(out Outcome, err error) (Outcome, error, error) {
+	// settle commits tx, which stored the dead letter dl when not nil.
+	settle := func(out Outcome, dl *deadLetter, err error) (Outcome, error, error) {
 		if err != nil {
 			return 0, nil, err
 		}
@@ -172,6 +174,9 @@ func (in *Inbox) slowPath(ctx context.Context, m *message) (out Outcome, hErr, e
 			return 0, nil, err
 		}
 		committed = true
+		if dl != nil {
+			in.metrics.deadLettered(dl.status, dl.class)
+		}
 		return out, nil, nil
 	}
 	apply := func() (Outcome, error, error) {
@@ -194,7 +199,7 @@ func (in *Inbox) slowPath(ctx context.Context, m *message) (out Outcome, hErr, e
 		if _, err := tx.Exec(hctx, in.sql.processedInsert, in.cfg.Consumer, ev.ID, m.topic, ev.Key, s, m.sha[:]); err != nil {
 			return 0, nil, err
 		}
-		out, hErr, err := settle(Skipped, nil)
+		out, hErr, err := settle(Skipped, nil, nil)
 		if out == Skipped {
 			in.logSkipped(ev)
 		}
@@ -206,12 +211,13 @@ func (in *Inbox) slowPath(ctx context.Context, m *message) (out Outcome, hErr, e
 		// record expired, or an event whose gap an operator accepted.
 		// Applying it now would break the order; skipping it silently could
 		// lose money. Park it.
-		_, err := in.insertDeadLetter(hctx, tx, m, deadLetter{
+		dl := deadLetter{
 			status: "parked", class: failure.Permanent, attempts: 0,
 			err: fmt.Sprintf("out of order: sequence %d of key %q arrived after sequence %d was applied; not applied (redrive to apply it out of order, or drop it)",
 				s, ev.Key, lane.last),
-		}, nil)
-		return settle(Parked, err)
+		}
+		_, err := in.insertDeadLetter(hctx, tx, m, dl, nil)
+		return settle(Parked, &dl, err)
 
 	case lane.blockedBy != nil:
 		if s == expected && (lane.headSeq == nil || s < *lane.headSeq) {
@@ -223,11 +229,12 @@ func (in *Inbox) slowPath(ctx context.Context, m *message) (out Outcome, hErr, e
 			}
 			return out, hErr, err
 		}
-		_, err := in.insertDeadLetter(hctx, tx, m, deadLetter{
+		dl := deadLetter{
 			status: "blocked", class: in.headClass(hctx, tx, *lane.blockedBy), blockedBy: lane.blockedBy,
 			err: fmt.Sprintf("blocked: waits for dead letter %d, an earlier event of key %q", *lane.blockedBy, ev.Key),
-		}, nil)
-		return settle(Blocked, err)
+		}
+		_, err := in.insertDeadLetter(hctx, tx, m, dl, nil)
+		return settle(Blocked, &dl, err)
 
 	case s == expected:
 		return apply()
@@ -242,15 +249,16 @@ func (in *Inbox) slowPath(ctx context.Context, m *message) (out Outcome, hErr, e
 		// Ahead of events that have not arrived: hold it (and the events
 		// behind it) until the missing one is applied.
 		waiting := expected
-		id, err := in.insertDeadLetter(hctx, tx, m, deadLetter{
+		dl := deadLetter{
 			status: "parked", class: failure.Transient, waitingFor: &waiting,
 			err: fmt.Sprintf("waiting for sequence %d of key %q (received %d): applied automatically when the missing events arrive; redrive to skip them",
 				expected, ev.Key, s),
-		}, nil)
+		}
+		id, err := in.insertDeadLetter(hctx, tx, m, dl, nil)
 		if err == nil {
 			_, err = tx.Exec(hctx, in.sql.blockLane, in.cfg.Consumer, m.topic, ev.Key, id)
 		}
-		return settle(Parked, err)
+		return settle(Parked, &dl, err)
 	}
 }
 

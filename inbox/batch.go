@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -36,7 +37,7 @@ func (in *Inbox) HandleBatch(ctx context.Context, ds []Delivery) ([]Outcome, err
 	}
 	if outs, ok := in.tryBatch(ctx, ds); ok {
 		for _, o := range outs {
-			in.counts[o].Add(1)
+			in.settled(o)
 		}
 		return outs, nil
 	}
@@ -170,6 +171,7 @@ func (in *Inbox) runTx(ctx context.Context, ms []*message) ([]Outcome, bool) {
 	if err := tx.Commit(hctx); err != nil {
 		return nil, false
 	}
+	in.observeApplied(ms, outs)
 	return outs, true
 }
 
@@ -243,5 +245,17 @@ func (in *Inbox) batchTx(ctx context.Context, ms []*message) ([]Outcome, bool) {
 	if err := tx.Commit(hctx); err != nil {
 		return nil, false
 	}
+	in.observeApplied(ms, outs)
 	return outs, true
+}
+
+// observeApplied records the commit-to-consume latency of the applied
+// events of a committed batch.
+func (in *Inbox) observeApplied(ms []*message, outs []Outcome) {
+	now := time.Now()
+	for i, o := range outs {
+		if o == Applied {
+			in.metrics.applied(ms[i].ev.Time, now)
+		}
+	}
 }

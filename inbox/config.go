@@ -90,6 +90,10 @@ type Config struct {
 	// Logger receives structured logs (default slog.Default()). Payloads are
 	// never logged.
 	Logger *slog.Logger
+
+	// Metrics receives the inbox's Prometheus metrics (NewMetrics; register
+	// it on your registry). Several inboxes may share one. Default: none.
+	Metrics *Metrics
 }
 
 // BreakerConfig configures the breaker. The zero value is enabled with the

@@ -222,7 +222,12 @@
 //
 // Logs go to Config.Logger (slog) with the consumer, event id, type, key
 // and error class; payloads are never logged. Stats counts settled
-// deliveries by outcome. The W3C trace context of the event
+// deliveries by outcome. Config.Metrics (NewMetrics, registered on the
+// caller's prometheus.Registerer) exports, per consumer, deliveries by
+// outcome (duplicates included), dead letters by status and class, failed
+// attempts by class, retries, the breaker's state and openings, and the
+// commit-to-consume latency of applied events (docs/operations.md lists
+// them). The W3C trace context of the event
 // (ce_traceparent, ce_tracestate) is the remote parent in the handler's
 // context, for OpenTelemetry.
 package inbox

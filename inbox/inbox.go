@@ -33,6 +33,7 @@ type Inbox struct {
 	log     *slog.Logger
 	breaker *breaker
 	actor   string // audit actor of the inbox's own actions
+	metrics *consumerMetrics
 
 	counts [Skipped + 1]atomic.Int64 // deliveries settled, by Outcome
 
@@ -66,10 +67,12 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Inbox, error) {
 		sql:       renderStatements(pgutil.Ident(c.Schema), pgutil.Ident(c.OutboxSchema)),
 		log:       c.Logger.With(slog.String("consumer", c.Consumer)),
 		actor:     "inbox:" + c.Consumer,
+		metrics:   c.Metrics.forConsumer(c.Consumer),
 		handlers:  map[typeVersion]Handler{},
 		upcasters: map[typeVersion]Upcaster{},
 	}
 	in.breaker = newBreaker(c.Breaker, func(open bool) {
+		in.metrics.breaker(open)
 		if open {
 			in.log.Warn("inbox: breaker open: deliveries wait until a probe succeeds")
 		} else {
@@ -192,9 +195,15 @@ func (in *Inbox) BreakerOpen() bool { return in.breaker.isOpen() }
 func (in *Inbox) Handle(ctx context.Context, d Delivery) (Outcome, error) {
 	out, err := in.handle(ctx, d)
 	if err == nil {
-		in.counts[out].Add(1)
+		in.settled(out)
 	}
 	return out, err
+}
+
+// settled counts a settled delivery.
+func (in *Inbox) settled(out Outcome) {
+	in.counts[out].Add(1)
+	in.metrics.settled(out)
 }
 
 // Stats counts the deliveries this Inbox settled since it was created.
@@ -249,6 +258,7 @@ func (in *Inbox) handle(ctx context.Context, d Delivery) (Outcome, error) {
 		rec := attemptRecord{started: started, duration: time.Since(started), class: class, err: failed}
 		counts := in.breaker.failure(probe, class, m.ev.ID.String())
 		if !class.Retry() {
+			in.metrics.failure(class, false)
 			if counted < 0 {
 				counted = in.countAttempts(ctx, m)
 			}
@@ -256,6 +266,7 @@ func (in *Inbox) handle(ctx context.Context, d Delivery) (Outcome, error) {
 			return in.settle(ctx, func() (Outcome, error) { return in.parkFailed(ctx, m, rec) })
 		}
 		if !counts {
+			in.metrics.failure(class, false)
 			outages++
 			rec.number, rec.outcome = max(counted, 0), "not_counted"
 			in.recordAttempt(ctx, m, rec)
@@ -271,9 +282,11 @@ func (in *Inbox) handle(ctx context.Context, d Delivery) (Outcome, error) {
 		counted++
 		rec.number = counted
 		if counted >= in.cfg.MaxAttempts {
+			in.metrics.failure(class, false)
 			rec.outcome = "parked"
 			return in.settle(ctx, func() (Outcome, error) { return in.parkFailed(ctx, m, rec) })
 		}
+		in.metrics.failure(class, true)
 		rec.outcome = "retry"
 		in.recordAttempt(ctx, m, rec)
 		in.log.Info("inbox: attempt failed, will retry", append(eventAttrs(m, class, failed), slog.Int("attempt", counted))...)

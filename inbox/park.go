@@ -171,6 +171,7 @@ func (in *Inbox) parkFailed(ctx context.Context, m *message, rec attemptRecord) 
 	if err := tx.Commit(ctx); err != nil {
 		return 0, err
 	}
+	in.metrics.deadLettered("parked", rec.class)
 	in.log.Warn("inbox: event parked", append(eventAttrs(m, rec.class, rec.err),
 		slog.Int64("dead_letter_id", id), slog.Int("attempts", rec.number))...)
 	return Parked, nil
@@ -221,6 +222,7 @@ func (in *Inbox) parkConflict(ctx context.Context, m *message, appliedSha []byte
 	if err := tx.Commit(ctx); err != nil {
 		return 0, err
 	}
+	in.metrics.deadLettered("parked", failure.Conflict)
 	in.log.Warn("inbox: event parked", append(eventAttrs(m, failure.Conflict, cause), slog.Int64("dead_letter_id", id))...)
 	return Parked, nil
 }
@@ -249,6 +251,7 @@ func (in *Inbox) parkMalformed(ctx context.Context, m *message) (Outcome, error)
 	if err := tx.Commit(ctx); err != nil {
 		return 0, err
 	}
+	in.metrics.deadLettered("parked", failure.PoisonFormat)
 	in.log.Warn("inbox: malformed delivery parked", append(eventAttrs(m, failure.PoisonFormat, m.bad),
 		slog.Int64("dead_letter_id", id))...)
 	return Parked, nil
