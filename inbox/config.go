@@ -7,6 +7,9 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/outboxkit/outboxkit/internal/pgutil"
 )
 
@@ -94,6 +97,11 @@ type Config struct {
 	// Metrics receives the inbox's Prometheus metrics (NewMetrics; register
 	// it on your registry). Several inboxes may share one. Default: none.
 	Metrics *Metrics
+	// TracerProvider creates the handler spans ("outboxkit.inbox.handle",
+	// one per handler run, child of the span the event was enqueued under).
+	// Default: the global OpenTelemetry provider, a no-op unless the
+	// program set one.
+	TracerProvider trace.TracerProvider
 }
 
 // BreakerConfig configures the breaker. The zero value is enabled with the
@@ -146,6 +154,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.TracerProvider == nil {
+		c.TracerProvider = otel.GetTracerProvider()
 	}
 	return c
 }

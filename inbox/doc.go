@@ -227,7 +227,20 @@
 // outcome (duplicates included), dead letters by status and class, failed
 // attempts by class, retries, the breaker's state and openings, and the
 // commit-to-consume latency of applied events (docs/operations.md lists
-// them). The W3C trace context of the event
-// (ce_traceparent, ce_tracestate) is the remote parent in the handler's
-// context, for OpenTelemetry.
+// them).
+//
+// Traces. Each handler run is a span "outboxkit.inbox.handle" (kind
+// consumer) from Config.TracerProvider (the global OpenTelemetry provider by
+// default: no SDK is imposed). Its parent is the span the event was
+// enqueued under: outbox.Enqueue stores the W3C trace context of its ctx
+// (traceparent, tracestate), the relay sends it as ce_traceparent /
+// cloudEvents:traceparent, and the inbox extracts it as the remote parent.
+// So the producer's request, the handler and whatever the handler calls
+// with its ctx are one trace. The relay's span for a published batch
+// ("outboxkit.relay.publish") is not on that path: a batch carries events
+// of many traces, so it is linked to each (up to 32), not their parent.
+// The span records the handler's error and its class; a failed attempt and
+// its retries are separate spans under the same parent. Skip markers run no
+// handler and have no span. An event without trace context gets a span
+// whose parent is ctx's own span, if any.
 package inbox

@@ -13,7 +13,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/outboxkit/outboxkit/internal/failure"
 	"github.com/outboxkit/outboxkit/internal/pgutil"
@@ -41,6 +44,7 @@ type Inbox struct {
 	handlers   map[typeVersion]Handler
 	upcasters  map[typeVersion]Upcaster
 	propagator propagation.TraceContext
+	tracer     trace.Tracer
 }
 
 type typeVersion struct {
@@ -68,6 +72,7 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Inbox, error) {
 		log:       c.Logger.With(slog.String("consumer", c.Consumer)),
 		actor:     "inbox:" + c.Consumer,
 		metrics:   c.Metrics.forConsumer(c.Consumer),
+		tracer:    c.TracerProvider.Tracer("github.com/outboxkit/outboxkit/inbox"),
 		handlers:  map[typeVersion]Handler{},
 		upcasters: map[typeVersion]Upcaster{},
 	}
@@ -349,17 +354,35 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// runHandler calls h with panics recovered and the trace context of the
-// event as the remote parent of ctx.
+// handleSpan is the name of the span around each handler run.
+const handleSpan = "outboxkit.inbox.handle"
+
+// runHandler calls h with panics recovered, inside a span whose parent is
+// the span the event was enqueued under (its W3C trace context, carried by
+// ce_traceparent and ce_tracestate). ctx's own span is the parent only when
+// the event carries no trace context.
 func (in *Inbox) runHandler(ctx context.Context, h Handler, tx pgx.Tx, ev *Event) (err error) {
+	if ev.TraceParent != "" {
+		ctx = in.propagator.Extract(ctx, propagation.MapCarrier{"traceparent": ev.TraceParent, "tracestate": ev.TraceState})
+	}
+	ctx, span := in.tracer.Start(ctx, handleSpan, trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(
+			attribute.String("messaging.operation.type", "process"),
+			attribute.String("messaging.destination.name", ev.Topic),
+			attribute.String("messaging.message.id", ev.ID.String()),
+			attribute.String("outboxkit.consumer", in.cfg.Consumer),
+			attribute.String("outboxkit.event_type", ev.Type),
+			attribute.Int("outboxkit.event_version", ev.Version)))
 	defer func() {
 		if r := recover(); r != nil {
 			err = &PanicError{Value: r, Stack: debug.Stack()}
 		}
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, string(ClassOf(err)))
+		}
+		span.End()
 	}()
-	if ev.TraceParent != "" {
-		ctx = in.propagator.Extract(ctx, propagation.MapCarrier{"traceparent": ev.TraceParent, "tracestate": ev.TraceState})
-	}
 	return h(ctx, tx, ev)
 }
 
