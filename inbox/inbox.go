@@ -365,14 +365,18 @@ func (in *Inbox) runHandler(ctx context.Context, h Handler, tx pgx.Tx, ev *Event
 	if ev.TraceParent != "" {
 		ctx = in.propagator.Extract(ctx, propagation.MapCarrier{"traceparent": ev.TraceParent, "tracestate": ev.TraceState})
 	}
-	ctx, span := in.tracer.Start(ctx, handleSpan, trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(
+	ctx, span := in.tracer.Start(ctx, handleSpan, trace.WithSpanKind(trace.SpanKindConsumer))
+	if span.IsRecording() {
+		// Only for a recording span: without an SDK the hot path builds
+		// no attributes.
+		span.SetAttributes(
 			attribute.String("messaging.operation.type", "process"),
 			attribute.String("messaging.destination.name", ev.Topic),
 			attribute.String("messaging.message.id", ev.ID.String()),
 			attribute.String("outboxkit.consumer", in.cfg.Consumer),
 			attribute.String("outboxkit.event_type", ev.Type),
-			attribute.Int("outboxkit.event_version", ev.Version)))
+			attribute.Int("outboxkit.event_version", ev.Version))
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			err = &PanicError{Value: r, Stack: debug.Stack()}

@@ -110,6 +110,13 @@ func checkHandleSpan(t *testing.T, rec *tracetest.SpanRecorder, want, got trace.
 	if handle.Name() != "outboxkit.inbox.handle" || handle.SpanKind() != trace.SpanKindConsumer {
 		t.Fatalf("handler span %q kind %s", handle.Name(), handle.SpanKind())
 	}
+	attrs := map[string]string{}
+	for _, a := range handle.Attributes() {
+		attrs[string(a.Key)] = a.Value.Emit()
+	}
+	if attrs["outboxkit.event_type"] != "payout.created" || attrs["outboxkit.consumer"] == "" || attrs["messaging.message.id"] == "" {
+		t.Fatalf("handle span attributes %v", attrs)
+	}
 	if p := handle.Parent(); p.SpanID() != want.SpanID() || p.TraceID() != want.TraceID() || !p.IsRemote() {
 		t.Fatalf("handle span's parent %s/%s (remote %v), want the producer's span %s/%s", p.TraceID(), p.SpanID(),
 			p.IsRemote(), want.TraceID(), want.SpanID())
