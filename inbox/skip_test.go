@@ -160,3 +160,34 @@ func TestSkipMarkerBehindLaneIsSkipped(t *testing.T) {
 		t.Fatalf("%d dead letters, want none", n)
 	}
 }
+
+// An operator's redrive of a marker that waits for a missing event (the
+// gap accepted) moves the lane past it without a handler, and the events
+// blocked behind it follow.
+func TestSkipMarkerRedriven(t *testing.T) {
+	t.Parallel()
+	b := newBundle(t, nil)
+	m := marker("k", 2, uuid.Must(uuid.NewV7()))
+	b.expect(m.delivery(), inbox.Parked) // waits for 1, which never comes
+	b.expect(event("k", 3).delivery(), inbox.Blocked)
+	if err := b.in.Redrive(context.Background(), b.deadLetter(m.id).ID, "alice", "event 1 was never sent"); err != nil {
+		t.Fatalf("Redrive: %v", err)
+	}
+	if got := fmt.Sprint(b.effectOrder("k")); got != "[3]" {
+		t.Fatalf("applied %s, want [3]", got)
+	}
+	if b.calls.Load() != 1 {
+		t.Fatalf("handler called %d times, want 1", b.calls.Load())
+	}
+	var outcome string
+	for _, a := range b.audits(m.id.String()) {
+		if a.Action == "redrive" {
+			outcome, _ = a.Details["outcome"].(string)
+		}
+	}
+	if outcome != "skipped" {
+		t.Fatalf("redrive audit outcome %q, want skipped", outcome)
+	}
+	b.expect(m.delivery(), inbox.Duplicate)
+	b.expect(event("k", 4).delivery(), inbox.Applied)
+}
