@@ -219,7 +219,12 @@ func TestEndToEndThroughRelayWithCutsAndRestart(t *testing.T) {
 		t.Fatal("no delivery came again after the cuts: the test proves nothing")
 	}
 	_, second := startConsumer(t, db, testenv.RabbitURL(), tp.queue, nil)
-	testenv.Eventually(t, 120*time.Second, "all applied", func() bool { return applied() >= total })
+	// The ledger shows an event as soon as its transaction commits; the
+	// consumer counts it when HandleBatch returns, a moment later: wait for
+	// both, or the counts below race the last batch.
+	testenv.Eventually(t, 120*time.Second, "all applied and counted", func() bool {
+		return applied() >= total && first.Stats().Applied+second.Stats().Applied+second.Stats().Duplicate >= total
+	})
 	s1, s2 := first.Stats(), second.Stats()
 	t.Logf("first consumer %+v, second %+v: %d deliveries came again and were skipped", s1, s2, s1.Duplicate+s2.Duplicate)
 	// A transaction cut short by the stop may have committed without its
