@@ -44,7 +44,8 @@
 // Every failed Result carries a class of the relay's taxonomy
 // (relay.ClassOf): a topic that does not exist is unroutable; a message that
 // is too large or invalid is poison_format, and only it fails (its batch is
-// resent one message at a time to find it); a missing ACL is permanent;
+// resent one message at a time to find it); a missing ACL is a
+// dependency_outage (a configuration fault: wait for the grant, park nothing);
 // leader elections, missing replicas and timeouts are transient; an
 // unreachable broker is a dependency_outage. When no broker can be reached
 // at all, Publish returns no results and an error of class
