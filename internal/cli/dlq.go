@@ -20,7 +20,7 @@ import (
 	"github.com/outboxkit/outboxkit/internal/pgutil"
 )
 
-const dlqUsage = `dlq <list|show|replay|redrive|drop|restore|edit> [flags] [refs...]
+const dlqUsage = `dlq <list|show|replay|redrive|drop|restore|edit|ingest> [flags] [refs...]
 
 Parked outbox events (o:<id>) and inbox dead letters (i:<id>), in one place.
 
@@ -35,6 +35,10 @@ Parked outbox events (o:<id>) and inbox dead letters (i:<id>), in one place.
   edit REF --payload-file F
                          publish a corrected copy in the original's place; the
                          original is kept (status dropped, payload untouched)
+  ingest --rabbitmq-queue Q | --kafka-topic T
+                         copy messages the brokers dead-lettered themselves
+                         into the dead letters (see dlq ingest -h); replay of
+                         such a row republishes it to where it came from
 
 Every action needs --reason and an actor (--actor, $OUTBOXKIT_ACTOR, else your
 OS user name) and is written to outbox.audit_log with before and after.
@@ -55,6 +59,8 @@ type opsFlags struct {
 	rate    float64
 	payload string
 	ctype   string
+	brokers brokerConnFlags // replay of ingested broker dead letters
+	pool    *pgxpool.Pool   // set by openStore
 }
 
 func (o *opsFlags) register(fs *flag.FlagSet, env *Env) {
@@ -157,6 +163,7 @@ func (o *opsFlags) openStore(ctx context.Context, env *Env) (*ops.Store, func(),
 		pool.Close()
 		return nil, nil, usageError("%v", err)
 	}
+	o.pool = pool
 	return s, pool.Close, nil
 }
 
@@ -172,6 +179,9 @@ func runDLQ(ctx context.Context, env *Env, args []string) error {
 		return usageError("expected a verb: list, show, replay, redrive, drop, restore or edit")
 	}
 	verb, args := args[0], args[1:]
+	if verb == "ingest" {
+		return runDLQIngest(ctx, env, args)
+	}
 	fs := newFlagSet(env, "dlq "+verb, dlqUsage)
 	var o opsFlags
 	o.register(fs, env)
@@ -182,6 +192,9 @@ func runDLQ(ctx context.Context, env *Env, args []string) error {
 	if verb == "redrive" {
 		fs.BoolVar(&o.dryRun, "dry-run", false, "say what would be replayed, change nothing")
 		fs.Float64Var(&o.rate, "rate", 50, "events per second")
+	}
+	if verb == "replay" {
+		o.brokers.register(fs, env)
 	}
 	if verb == "edit" {
 		fs.StringVar(&o.payload, "payload-file", "", "file with the corrected payload (- for stdin)")
@@ -305,7 +318,15 @@ func runDLQ(ctx context.Context, env *Env, args []string) error {
 		if err != nil {
 			return usageError("%v", err)
 		}
-		var o2 ops.Outcome
+		o2, handled, err := ingestedAction(ctx, env, &o, verb, a, ref)
+		if handled {
+			if err != nil {
+				o2 = ops.Outcome{Ref: ref, Result: "failed", Note: err.Error()}
+				failed = errors.Join(failed, err)
+			}
+			outs = append(outs, o2)
+			continue
+		}
 		switch verb {
 		case "replay":
 			o2, err = store.Replay(ctx, a, ref)
@@ -401,6 +422,10 @@ func printDetail(out io.Writer, d *ops.Detail) {
 		for _, k := range names {
 			fmt.Fprintf(out, "  %s: %s\n", escapeControls(k), escapeControls(d.Headers[k]))
 		}
+	}
+	if d.IngestedFrom != "" {
+		row("ingested from", d.IngestedFrom+" (a broker dead letter; replay republishes it to where it came from)")
+		printOrigin(out, d.Origin)
 	}
 	if len(d.History) > 0 {
 		fmt.Fprintln(out, "attempts")

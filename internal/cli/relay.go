@@ -35,11 +35,18 @@ With one broker configured every topic goes there. With both, pass
 // (SASL password, an AMQP URL with a password) come from the environment or
 // files, never from flag defaults, so --help and ps never show them.
 type brokerFlags struct {
-	kafkaBrokers   string
-	rabbitURL      string
+	brokerConnFlags
 	rabbitExchange string
 	defaultBroker  string
 	routes         routeFlag
+}
+
+// brokerConnFlags are the flags that say how to reach the brokers (address,
+// TLS, SASL), shared by every command that talks to one: relay, demo,
+// dlq ingest and dlq replay.
+type brokerConnFlags struct {
+	kafkaBrokers string
+	rabbitURL    string
 
 	kafkaTLS          bool
 	kafkaTLSFiles     tlsconf.Files
@@ -53,7 +60,7 @@ type brokerFlags struct {
 
 // closeTransports releases the Kafka connections of transports the flags
 // created (a Publisher does not close a Transport it was given).
-func (b *brokerFlags) closeTransports() {
+func (b *brokerConnFlags) closeTransports() {
 	for _, t := range b.transports {
 		t.CloseIdleConnections()
 	}
@@ -73,13 +80,16 @@ func (r routeFlag) Set(v string) error {
 }
 
 func (b *brokerFlags) register(fs *flag.FlagSet, env *Env) {
-	fs.StringVar(&b.kafkaBrokers, "kafka-brokers", env.Getenv("KAFKA_BROKERS"), "comma-separated Kafka brokers ($KAFKA_BROKERS)")
-	fs.StringVar(&b.rabbitURL, "rabbitmq-url", "", "RabbitMQ URL, amqp:// or amqps:// (default $RABBITMQ_URL or the file named by $RABBITMQ_URL_FILE; prefer those when the URL holds a password)")
+	b.brokerConnFlags.register(fs, env)
 	fs.StringVar(&b.rabbitExchange, "rabbitmq-exchange", envOr(env, "RABBITMQ_EXCHANGE", "outbox"), "durable topic exchange events are published to ($RABBITMQ_EXCHANGE)")
 	fs.StringVar(&b.defaultBroker, "default-broker", env.Getenv("OUTBOXKIT_DEFAULT_BROKER"), "kafka or rabbitmq: where unrouted topics go when both are configured ($OUTBOXKIT_DEFAULT_BROKER)")
 	b.routes = routeFlag{}
 	fs.Var(b.routes, "route", "topic=kafka or topic=rabbitmq (repeatable)")
+}
 
+func (b *brokerConnFlags) register(fs *flag.FlagSet, env *Env) {
+	fs.StringVar(&b.kafkaBrokers, "kafka-brokers", env.Getenv("KAFKA_BROKERS"), "comma-separated Kafka brokers ($KAFKA_BROKERS)")
+	fs.StringVar(&b.rabbitURL, "rabbitmq-url", "", "RabbitMQ URL, amqp:// or amqps:// (default $RABBITMQ_URL or the file named by $RABBITMQ_URL_FILE; prefer those when the URL holds a password)")
 	fs.BoolVar(&b.kafkaTLS, "kafka-tls", env.Getenv("KAFKA_TLS") == "true" || env.Getenv("KAFKA_TLS") == "1", "connect to Kafka over TLS ($KAFKA_TLS=true)")
 	fs.StringVar(&b.kafkaTLSFiles.CA, "kafka-ca-file", env.Getenv("KAFKA_CA_FILE"), "PEM CA bundle for Kafka's certificates ($KAFKA_CA_FILE; implies --kafka-tls)")
 	fs.StringVar(&b.kafkaTLSFiles.Cert, "kafka-cert-file", env.Getenv("KAFKA_CERT_FILE"), "PEM client certificate for Kafka ($KAFKA_CERT_FILE)")
@@ -94,7 +104,7 @@ func (b *brokerFlags) register(fs *flag.FlagSet, env *Env) {
 
 // kafkaTransport returns nil (the publisher's default) or a transport with
 // the TLS and SASL settings of the flags.
-func (b *brokerFlags) kafkaTransport(env *Env) (*kafkago.Transport, error) {
+func (b *brokerConnFlags) kafkaTransport(env *Env) (*kafkago.Transport, error) {
 	useTLS := b.kafkaTLS || !b.kafkaTLSFiles.Empty()
 	if !useTLS && b.kafkaSASL == "" {
 		return nil, nil
@@ -141,22 +151,34 @@ func (b *brokerFlags) kafkaTransport(env *Env) (*kafkago.Transport, error) {
 }
 
 // publisher builds the relay's publisher from the flags.
-func (b *brokerFlags) publisher(ctx context.Context, env *Env, source string, logger *slog.Logger) (relay.Publisher, error) {
-	rabbitURL := b.rabbitURL
-	if rabbitURL == "" {
-		var err error
-		if rabbitURL, err = tlsconf.Secret(env.Getenv, "RABBITMQ_URL", ""); err != nil {
-			return nil, err
+// rabbitmqURL is --rabbitmq-url, else $RABBITMQ_URL, else the file named
+// by $RABBITMQ_URL_FILE, else "".
+func (b *brokerConnFlags) rabbitmqURL(env *Env) (string, error) {
+	if b.rabbitURL != "" {
+		return b.rabbitURL, nil
+	}
+	return tlsconf.Secret(env.Getenv, "RABBITMQ_URL", "")
+}
+
+// kafkaBrokerList splits --kafka-brokers.
+func (b *brokerConnFlags) kafkaBrokerList() []string {
+	var brokers []string
+	for _, s := range strings.Split(b.kafkaBrokers, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			brokers = append(brokers, s)
 		}
+	}
+	return brokers
+}
+
+func (b *brokerFlags) publisher(ctx context.Context, env *Env, source string, logger *slog.Logger) (relay.Publisher, error) {
+	rabbitURL, err := b.rabbitmqURL(env)
+	if err != nil {
+		return nil, err
 	}
 	pubs := map[string]relay.Publisher{}
 	if b.kafkaBrokers != "" {
-		var brokers []string
-		for _, s := range strings.Split(b.kafkaBrokers, ",") {
-			if s = strings.TrimSpace(s); s != "" {
-				brokers = append(brokers, s)
-			}
-		}
+		brokers := b.kafkaBrokerList()
 		transport, err := b.kafkaTransport(env)
 		if err != nil {
 			return nil, err

@@ -238,6 +238,11 @@ type Detail struct {
 	BlockedBy   int64             `json:"blocked_by,omitempty"`
 	Payload     []byte            `json:"payload"`
 	History     []Attempt         `json:"attempts_history"`
+	// IngestedFrom is rabbitmq or kafka for a dead letter the broker made
+	// and outboxkit dlq ingest copied; Origin then says where it came from
+	// (x-death, original exchange and routing key, or original topic).
+	IngestedFrom string         `json:"ingested_from,omitempty"`
+	Origin       map[string]any `json:"origin,omitempty"`
 }
 
 // inboxHeaders reads inbox.dead_letters.headers as the inbox writes them
@@ -323,10 +328,14 @@ func (s *Store) Show(ctx context.Context, ref Ref) (*Detail, error) {
 		var source map[string]any
 		err = s.pool.QueryRow(ctx, s.sql.showDeadLetter, ref.ID).Scan(&d.Ref.ID, &d.EventID, &d.Topic, &d.Key, &d.Sequence,
 			&d.Type, &d.Version, &d.Payload, &headers, &d.ContentType, &d.CorrelationID, &d.Status, &d.Attempts,
-			&d.ErrorClass, &d.Error, &d.Consumer, &d.ConsumerVersion, &d.FirstFailedAt, &d.LastFailedAt, &blockedBy, &source)
+			&d.ErrorClass, &d.Error, &d.Consumer, &d.ConsumerVersion, &d.FirstFailedAt, &d.LastFailedAt, &blockedBy, &source,
+			&d.IngestedFrom)
 		if err == nil {
 			d.PayloadBytes = len(d.Payload)
 			d.Headers = inboxHeaders(headers)
+			if d.IngestedFrom != "" {
+				d.Origin = source
+			}
 			if blockedBy != nil {
 				d.BlockedBy = *blockedBy
 			}

@@ -55,7 +55,7 @@ const attemptsSQL = `SELECT attempt, started_at, coalesce(duration_ms, 0), coale
 const showDeadLetterSQL = `SELECT d.id, coalesce(d.event_id::text, ''), d.topic, d.key, coalesce(d.sequence, 0), coalesce(d.type, ''),
        coalesce(d.version, 0), d.payload, d.headers, coalesce(d.content_type, ''), coalesce(d.correlation_id, ''),
        d.status, d.attempts, d.error_class, d.error, d.consumer, d.consumer_version, d.first_failed_at, d.last_failed_at,
-       d.blocked_by, d.source
+       d.blocked_by, d.source, coalesce(d.ingested_from, '')
   FROM {{I}}.dead_letters d WHERE d.id = $1`
 
 const deadLetterAttemptsSQL = `SELECT attempt, started_at, duration_ms, '', outcome, error_class, error, ''

@@ -41,6 +41,8 @@ GRANT SELECT ON {{.Outbox}}.topic_policies, {{.Outbox}}.error_classes TO {{r "re
 GRANT INSERT ON {{.Outbox}}.attempts, {{.Outbox}}.audit_log TO {{r "relay"}};
 
 -- Consumer (inbox): records what it applied, parks what it cannot apply.
+-- outboxkit dlq ingest (copying broker dead letters into dead_letters)
+-- needs exactly these privileges too: run it as a consumer login.
 GRANT SELECT, INSERT, UPDATE ON {{.Inbox}}.processed, {{.Inbox}}.lanes, {{.Inbox}}.dead_letters, {{.Inbox}}.attempts TO {{r "consumer"}};
 GRANT SELECT ON {{.Outbox}}.error_classes TO {{r "consumer"}};
 GRANT INSERT ON {{.Outbox}}.audit_log TO {{r "consumer"}};
@@ -56,7 +58,8 @@ GRANT SELECT, DELETE ON {{.Inbox}}.processed TO {{r "sweeper"}};
 GRANT SELECT ON {{.Inbox}}.dead_letters, {{.Inbox}}.lanes TO {{r "sweeper"}};
 
 -- Operator: the dead-letter actions (replay, drop, restore, edit, lanes),
--- every one audited. It cannot delete anything.
+-- every one audited, including the replay of ingested broker dead letters.
+-- It cannot delete anything.
 GRANT SELECT, INSERT, UPDATE ON {{.Outbox}}.messages, {{.Outbox}}.lanes TO {{r "operator"}};
 GRANT SELECT, INSERT, UPDATE ON {{.Outbox}}.topic_policies TO {{r "operator"}};
 GRANT SELECT, INSERT ON {{.Outbox}}.audit_log TO {{r "operator"}};

@@ -306,7 +306,7 @@ COMMENT ON TABLE {{.Outbox}}.audit_log IS 'Append-only record of every park, rep
 COMMENT ON COLUMN {{.Outbox}}.audit_log.id IS 'Entry id, in order of writing.';
 COMMENT ON COLUMN {{.Outbox}}.audit_log.at IS 'When the action happened.';
 COMMENT ON COLUMN {{.Outbox}}.audit_log.actor IS 'Operator, or relay:<id> / sweeper:<id> / inbox:<consumer> for system actions.';
-COMMENT ON COLUMN {{.Outbox}}.audit_log.action IS 'What was done: park, replay, redrive, drop, restore, edit, release, policy.';
+COMMENT ON COLUMN {{.Outbox}}.audit_log.action IS 'What was done: park, ingest (a broker dead letter copied into inbox.dead_letters), replay, redrive, drop, restore, edit, release, policy.';
 COMMENT ON COLUMN {{.Outbox}}.audit_log.target_kind IS 'What it was done to: message, dead_letter, lane, topic_policy, partition.';
 COMMENT ON COLUMN {{.Outbox}}.audit_log.target_ids IS 'Ids of the targets (event ids, dead-letter ids, topic/key).';
 COMMENT ON COLUMN {{.Outbox}}.audit_log.reason IS 'Why: the operator''s reason or the error that caused a park.';
@@ -394,7 +394,11 @@ CREATE TABLE {{.Inbox}}.dead_letters (
     first_failed_at  timestamptz NOT NULL,
     last_failed_at   timestamptz NOT NULL,
     resolved_at      timestamptz,
+    ingested_from    text,
+    ingest_key       text,
     CONSTRAINT dead_letters_status_check CHECK (status IN ('parked', 'blocked', 'replayed', 'resolved', 'dropped')),
+    CONSTRAINT dead_letters_ingested_from_check CHECK (ingested_from IN ('rabbitmq', 'kafka')),
+    CONSTRAINT dead_letters_ingested_has_key CHECK ((ingested_from IS NULL) = (ingest_key IS NULL)),
     CONSTRAINT dead_letters_blocked_has_pointer CHECK ((status = 'blocked') = (blocked_by IS NOT NULL)),
     CONSTRAINT dead_letters_waiting_is_parked CHECK (waiting_for IS NULL OR status = 'parked')
 );
@@ -409,7 +413,7 @@ COMMENT ON COLUMN {{.Inbox}}.dead_letters.sequence IS 'ce_sequence, when present
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.type IS 'Event type, when present.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.version IS 'Event schema version, when present.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.payload IS 'Payload bytes exactly as received.';
-COMMENT ON COLUMN {{.Inbox}}.dead_letters.headers IS 'All broker headers as received, in order: a JSON array of {"name","value"}. A name or value that is not valid UTF-8 or contains NUL (which jsonb cannot hold) is stored as {"base64": ...}.';
+COMMENT ON COLUMN {{.Inbox}}.dead_letters.headers IS 'All broker headers as received, in order: a JSON array of {"name","value"}. A name or value that is not valid UTF-8 or contains NUL (which jsonb cannot hold) is stored as {"base64": ...}. Rows ingested from RabbitMQ keep each header''s typed AMQP value too, under "amqp" ({"type": ..., "value": ...}, tables and arrays nested), so nested tables such as x-death are shown readably in "value" and republished exactly from "amqp".';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.content_type IS 'Content type, when present.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.correlation_id IS 'Correlation id, when present.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.error IS 'Error of the last attempt.';
@@ -422,9 +426,12 @@ COMMENT ON COLUMN {{.Inbox}}.dead_letters.source IS 'Where the message came from
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.first_failed_at IS 'First failure.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.last_failed_at IS 'Last failure.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.resolved_at IS 'When the row left the parked or blocked state.';
+COMMENT ON COLUMN {{.Inbox}}.dead_letters.ingested_from IS 'NULL for a dead letter parked by an inbox consumer. rabbitmq or kafka for a message the broker dead-lettered itself (a queue bound to a dead-letter exchange, a dead-letter topic) and outboxkit dlq ingest copied here; consumer then names the ingest source (default rabbitmq:<queue> or kafka:<topic>), and replay republishes the original bytes and headers to the broker instead of asking a consumer.';
+COMMENT ON COLUMN {{.Inbox}}.dead_letters.ingest_key IS 'For ingested rows: the identity of the broker dead letter (kafka:<topic>/<partition>@<offset>, or rabbitmq:<queue>:<sha256 of body, properties and headers>). Unique, so ingesting the same broker message again (a redelivery after a crash between commit and acknowledgement) inserts nothing.';
 CREATE INDEX dead_letters_consumer_status_idx ON {{.Inbox}}.dead_letters (consumer, status);
 CREATE INDEX dead_letters_lane_idx ON {{.Inbox}}.dead_letters (consumer, topic, key, sequence) WHERE status IN ('parked', 'blocked');
 CREATE INDEX dead_letters_event_idx ON {{.Inbox}}.dead_letters (event_id);
+CREATE UNIQUE INDEX dead_letters_ingest_key_idx ON {{.Inbox}}.dead_letters (ingest_key) WHERE ingest_key IS NOT NULL;
 
 CREATE TABLE {{.Inbox}}.attempts (
     id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -1,0 +1,144 @@
+package ingest
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/outboxkit/outboxkit/internal/testenv"
+)
+
+func be32(n int32) []byte { b := make([]byte, 4); binary.BigEndian.PutUint32(b, uint32(n)); return b }
+func be64(n int64) []byte { b := make([]byte, 8); binary.BigEndian.PutUint64(b, uint64(n)); return b }
+
+// A dead-letter topic written by Spring Kafka (binary partition and offset
+// headers), by Kafka Connect (text headers), by outboxkit's convention, and
+// by nobody in particular (no headers, a key and payload that are not
+// text): each record is one row; a second run commits nothing new; a
+// second group re-reads every record and inserts nothing; replay writes the
+// original record, without the dead-letter headers, to the original topic.
+func TestKafkaIngestReplay(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.NewDB(t)
+	store, err := NewStore(db.Pool, "outbox", "inbox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := testenv.NewKafka(t)
+	orig, dlt := testenv.UniqueName("payments"), testenv.UniqueName("payments-dlt")
+	k.CreateTopic(t, orig, 3)
+	k.CreateTopic(t, dlt, 2)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(k.Brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	springID := uuid.NewString()
+	h := func(k string, v []byte) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: v} }
+	records := []*kgo.Record{
+		{Topic: dlt, Partition: 0, Key: []byte("payout-9"), Value: []byte(`{"amount":5}`), Headers: []kgo.RecordHeader{
+			h("ce_id", []byte(springID)), h("ce_type", []byte("payout.created")), h("ce_partitionkey", []byte("payout-9")),
+			h("ce_sequence", []byte("3")), h("tenant", []byte{0xff, 0x01}),
+			h("kafka_dlt-original-topic", []byte(orig)), h("kafka_dlt-original-partition", be32(2)),
+			h("kafka_dlt-original-offset", be64(41)), h("kafka_dlt-original-consumer-group", []byte("ledger")),
+			h("kafka_dlt-exception-fqcn", []byte("org.springframework.kafka.listener.ListenerExecutionFailedException")),
+			h("kafka_dlt-exception-cause-fqcn", []byte("org.springframework.kafka.support.serializer.DeserializationException")),
+			h("kafka_dlt-exception-message", []byte("failed to deserialize")), h("kafka_dlt-exception-stacktrace", []byte("at ...")),
+		}},
+		{Topic: dlt, Partition: 1, Value: []byte("connect"), Headers: []kgo.RecordHeader{
+			h("__connect.errors.topic", []byte(orig)), h("__connect.errors.partition", []byte("1")),
+			h("__connect.errors.offset", []byte("7")), h("__connect.errors.connector.name", []byte("jdbc-sink")),
+			h("__connect.errors.stage", []byte("TASK_PUT")),
+			h("__connect.errors.exception.class.name", []byte("org.apache.kafka.connect.errors.ConnectException")),
+			h("__connect.errors.exception.message", []byte("duplicate key")),
+		}},
+		{Topic: dlt, Partition: 1, Value: []byte("mine"), Headers: []kgo.RecordHeader{
+			h("outboxkit-dlt-original-topic", []byte(orig)), h("outboxkit-dlt-error", []byte("ledger closed")),
+			h("outboxkit-dlt-error-class", []byte("no_handler")), h("outboxkit-dlt-attempts", []byte("5")),
+			h("outboxkit-dlt-first-failed-at", []byte("2026-01-02T03:04:05Z")),
+		}},
+		{Topic: dlt, Partition: 0, Key: []byte{0x00, 0xff}, Value: []byte{0xc3, 0x28, 0x00}, Headers: []kgo.RecordHeader{h("\xff", []byte{0})}},
+	}
+	if err := cl.ProduceSync(ctx, records...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := KafkaConfig{KafkaConn: KafkaConn{Brokers: k.Brokers}, Topic: dlt, Once: true, IdleTimeout: 5 * time.Second}
+	res, err := store.IngestKafka(ctx, cfg)
+	if err != nil || res.Ingested != 4 {
+		t.Fatalf("ingest: %+v %v", res, err)
+	}
+	b := &bundle{db: db, store: store}
+	spring := b.row(t, "event_id = $1", uuid.MustParse(springID))
+	if spring.Consumer != "kafka:"+dlt || spring.From != "kafka" || spring.Topic != orig || spring.Key != "payout-9" ||
+		*spring.Sequence != 3 || spring.Class != "poison_format" || !strings.Contains(spring.Error, "failed to deserialize") ||
+		spring.Source["original_partition"] != float64(2) || spring.Source["original_offset"] != float64(41) ||
+		spring.Source["failed_consumer"] != "ledger" {
+		t.Errorf("spring row: %+v", spring)
+	}
+	connect := b.row(t, "payload = $1", []byte("connect"))
+	if connect.Topic != orig || connect.Class != "permanent" || !strings.Contains(connect.Error, "ConnectException: duplicate key (stage TASK_PUT)") ||
+		connect.Source["original_offset"] != float64(7) {
+		t.Errorf("connect row: %+v", connect)
+	}
+	mine := b.row(t, "payload = $1", []byte("mine"))
+	if mine.Class != "no_handler" || mine.Error != "ledger closed" || mine.Attempts != 5 {
+		t.Errorf("outboxkit-convention row: %+v", mine)
+	}
+	bare := b.row(t, "payload = $1", []byte{0xc3, 0x28, 0x00})
+	if bare.Topic != dlt || bare.Key != "" || !strings.Contains(bare.Error, "without error headers") {
+		t.Errorf("bare row: %+v", bare)
+	}
+
+	if res, err := store.IngestKafka(ctx, cfg); err != nil || res != (Result{}) {
+		t.Fatalf("second run: %+v %v", res, err)
+	}
+	// Another group reads everything again (as after a crash between the
+	// row's commit and the offset commit): nothing new.
+	cfg.Group = "another-" + dlt
+	if res, err := store.IngestKafka(ctx, cfg); err != nil || res.Ingested != 0 || res.Duplicates != 4 || b.rows(t) != 4 {
+		t.Fatalf("re-read by another group: %+v %v, %d rows", res, err, b.rows(t))
+	}
+
+	a := Action{Actor: "oncall-ann", Reason: "schema fixed"}
+	if _, err := store.Replay(ctx, a, spring.ID, Brokers{Kafka: &KafkaConn{Brokers: k.Brokers}}); err != nil {
+		t.Fatal(err)
+	}
+	got := k.Records(t, orig, 1, 10*time.Second)
+	if len(got) != 1 {
+		t.Fatalf("%d records in the original topic", len(got))
+	}
+	r := got[0]
+	if r.Partition != 2 || string(r.Key) != "payout-9" || !bytes.Equal(r.Value, records[0].Value) {
+		t.Errorf("replayed record: partition %d key %q value %q", r.Partition, r.Key, r.Value)
+	}
+	var names []string
+	for _, x := range r.Headers {
+		names = append(names, x.Key)
+		if x.Key == "tenant" && !bytes.Equal(x.Value, []byte{0xff, 0x01}) {
+			t.Errorf("tenant header %x", x.Value)
+		}
+	}
+	if strings.Join(names, ",") != "ce_id,ce_type,ce_partitionkey,ce_sequence,tenant" {
+		t.Errorf("replayed headers: %v", names)
+	}
+	if r := b.row(t, "id = $1", spring.ID); r.Status != "replayed" {
+		t.Errorf("status %s", r.Status)
+	}
+	var n int
+	db.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox.audit_log WHERE action = 'replay' AND actor = 'oncall-ann' AND $1 = ANY(target_ids)`,
+		springID).Scan(&n)
+	if n != 1 {
+		t.Errorf("%d replay audit entries", n)
+	}
+	if _, err := store.Replay(ctx, a, bare.ID, Brokers{Kafka: &KafkaConn{Brokers: k.Brokers}}); !errors.Is(err, ErrNoTarget) {
+		t.Errorf("replay of a record without an original topic: %v", err)
+	}
+}

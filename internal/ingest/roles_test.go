@@ -1,0 +1,103 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/outboxkit/outboxkit/internal/testenv"
+	"github.com/outboxkit/outboxkit/migrations"
+)
+
+// dlq ingest runs with the consumer role's privileges, and replay, drop and
+// restore of ingested rows with the operator role's (migrations/roles).
+func TestRolesIngestAsConsumerActAsOperator(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := newBundle(t)
+	prefix := strings.ToLower(fmt.Sprintf("okig%d_%s", os.Getpid(), strings.ReplaceAll(uuid.NewString()[:8], "-", "")))
+	t.Cleanup(func() { dropRoles(b.db, prefix) })
+	if err := migrations.ApplyRoles(ctx, b.db.URL, nil, prefix); err != nil {
+		t.Fatal(err)
+	}
+	login := func(role string) *Store {
+		name := prefix + "_" + role + "_login"
+		for _, q := range []string{
+			"CREATE ROLE " + pgx.Identifier{name}.Sanitize() + " LOGIN",
+			"GRANT " + pgx.Identifier{prefix + "_" + role}.Sanitize() + " TO " + pgx.Identifier{name}.Sanitize(),
+		} {
+			if _, err := b.db.Pool.Exec(ctx, q); err != nil {
+				t.Fatal(err)
+			}
+		}
+		u, err := url.Parse(b.db.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u.User = url.User(name)
+		pool, err := pgxpool.New(ctx, u.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pool.Close)
+		s, err := NewStore(pool, "outbox", "inbox")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	consumer, operator := login("consumer"), login("operator")
+
+	id := uuid.New()
+	b.topo.publish(t, "payments", amqp.Publishing{MessageId: id.String(), Body: []byte("r")})
+	b.topo.publish(t, "payments", amqp.Publishing{MessageId: uuid.NewString(), Body: []byte("d")})
+	b.topo.rejectAll(t, 2)
+	b.topo.waitFor(t, b.topo.dlq, 2)
+	if res, err := consumer.IngestRabbitMQ(ctx, b.rabbitCfg()); err != nil || res.Ingested != 2 {
+		t.Fatalf("ingest as consumer: %+v %v", res, err)
+	}
+	a := Action{Actor: "oncall", Reason: "roles"}
+	r := b.row(t, "event_id = $1", id)
+	if _, err := operator.Replay(ctx, a, r.ID, Brokers{RabbitMQ: &RabbitMQConn{URL: testenv.RabbitURL()}}); err != nil {
+		t.Fatalf("replay as operator: %v", err)
+	}
+	d := b.row(t, "payload = $1", []byte("d"))
+	if err := operator.Drop(ctx, a, d.ID); err != nil {
+		t.Fatalf("drop as operator: %v", err)
+	}
+	if err := operator.Restore(ctx, a, d.ID); err != nil {
+		t.Fatalf("restore as operator: %v", err)
+	}
+}
+
+func dropRoles(db *testenv.DB, prefix string) {
+	ctx := context.Background()
+	admin, err := pgx.Connect(ctx, testenv.AdminURL())
+	if err != nil {
+		return
+	}
+	defer admin.Close(ctx)
+	rows, _ := admin.Query(ctx, `SELECT rolname FROM pg_roles WHERE rolname LIKE $1 || '\_%'`, prefix)
+	names, _ := pgx.CollectRows(rows, pgx.RowTo[string])
+	if conn, err := pgx.Connect(ctx, db.URL); err == nil {
+		for _, n := range names {
+			conn.Exec(ctx, "DROP OWNED BY "+pgx.Identifier{n}.Sanitize()) //nolint:errcheck
+		}
+		conn.Close(ctx)
+	}
+	for _, logins := range []bool{true, false} { // logins first, then the groups they belong to
+		for _, n := range names {
+			if strings.HasSuffix(n, "_login") == logins {
+				admin.Exec(ctx, "DROP ROLE IF EXISTS "+pgx.Identifier{n}.Sanitize()) //nolint:errcheck
+			}
+		}
+	}
+}

@@ -1,0 +1,66 @@
+package ingest
+
+import "strings"
+
+// Every statement of the ingester and of the actions on ingested rows.
+// {{O}} is the quoted outbox schema, {{I}} the quoted inbox schema; values
+// are bind parameters.
+const (
+	// insertSQL stores one broker dead letter and its audit entry in one
+	// statement (one round trip, atomic). A broker message ingested before
+	// (same ingest_key: a redelivery after a crash between commit and
+	// acknowledgement) inserts nothing and returns no row.
+	insertSQL = `WITH ins AS (
+    INSERT INTO {{I}}.dead_letters (consumer, consumer_version, event_id, topic, key, sequence, type, version,
+        payload, headers, content_type, correlation_id, error, error_class, attempts, status, source,
+        first_failed_at, last_failed_at, ingested_from, ingest_key)
+    VALUES ($1, '', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'parked', $15, $16, $17, $18, $19)
+    ON CONFLICT (ingest_key) WHERE ingest_key IS NOT NULL DO NOTHING
+    RETURNING id, event_id, status, error_class, attempts, consumer, ingested_from, ingest_key, topic
+), aud AS (
+    INSERT INTO {{O}}.audit_log (actor, action, target_kind, target_ids, reason, after, details)
+    SELECT 'ingest:' || consumer, 'ingest', 'dead_letter', ARRAY[id::text, event_id::text], $12,
+           jsonb_build_object('status', status, 'error_class', error_class, 'attempts', attempts,
+                              'consumer', consumer, 'ingested_from', ingested_from),
+           jsonb_build_object('ingest_key', ingest_key, 'topic', topic)
+      FROM ins
+)
+SELECT id FROM ins`
+
+	existingSQL = `SELECT id FROM {{I}}.dead_letters WHERE ingest_key = $1`
+
+	// sourceInUseSQL: a source named like an inbox consumer would mix its
+	// rows with that consumer's own dead letters (processed primary key,
+	// dead_letters_consumer_status_idx).
+	sourceInUseSQL = `SELECT EXISTS (SELECT 1 FROM {{I}}.processed WHERE consumer = $1)
+    OR EXISTS (SELECT 1 FROM {{I}}.dead_letters WHERE consumer = $1 AND ingested_from IS NULL)`
+
+	// lockSQL reads an ingested row for an action and locks it; NOWAIT so
+	// that a second operator acting on the same row at once is told so
+	// instead of waiting for a broker round trip.
+	lockSQL = `SELECT d.ingested_from, d.status, d.event_id, d.payload, d.headers, d.source,
+       to_jsonb(d) - 'payload' - 'headers' || jsonb_build_object('payload_bytes', length(d.payload))
+  FROM {{I}}.dead_letters d WHERE d.id = $1
+   FOR UPDATE NOWAIT`
+
+	originSQL = `SELECT coalesce(ingested_from, '') FROM {{I}}.dead_letters WHERE id = $1`
+
+	// setStatusSQL moves an ingested row from one status to another.
+	setStatusSQL = `UPDATE {{I}}.dead_letters d
+   SET status = $3, resolved_at = CASE WHEN $3 = 'parked' THEN NULL ELSE now() END
+ WHERE d.id = $1 AND d.status = $2 AND d.ingested_from IS NOT NULL
+RETURNING to_jsonb(d) - 'payload' - 'headers' || jsonb_build_object('payload_bytes', length(d.payload))`
+
+	auditSQL = `INSERT INTO {{O}}.audit_log (actor, action, target_kind, target_ids, reason, before, after, details)
+VALUES ($1, $2, 'dead_letter', $3, $4, $5, $6, $7)`
+)
+
+type statements struct {
+	insert, existing, sourceInUse, lock, origin, setStatus, audit string
+}
+
+func renderStatements(outboxIdent, inboxIdent string) statements {
+	r := strings.NewReplacer("{{O}}", outboxIdent, "{{I}}", inboxIdent).Replace
+	return statements{insert: r(insertSQL), existing: r(existingSQL), sourceInUse: r(sourceInUseSQL), lock: r(lockSQL),
+		origin: r(originSQL), setStatus: r(setStatusSQL), audit: r(auditSQL)}
+}
