@@ -119,40 +119,72 @@ type traceStart struct {
 
 func newSQLTracer() *sqlTracer { return &sqlTracer{stats: map[string]*stat{}} }
 
-func (t *sqlTracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
-	l := statementLabel(d.SQL)
+// batchTrace is a batch in flight: the relay sends its marks and the idle
+// flag as a batch (SET LOCAL synchronous_commit = off, then the statement).
+type batchTrace struct {
+	label string
+	at    time.Time
+}
+
+func (t *sqlTracer) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
+	return context.WithValue(ctx, traceKey{}, &batchTrace{at: time.Now()})
+}
+
+func (t *sqlTracer) TraceBatchQuery(ctx context.Context, _ *pgx.Conn, d pgx.TraceBatchQueryData) {
+	b, ok := ctx.Value(traceKey{}).(*batchTrace)
+	if !ok || strings.HasPrefix(d.SQL, "SET LOCAL") {
+		return
+	}
+	b.label = statementLabel(d.SQL)
+	t.capture(b.label, d.SQL, d.Args)
+}
+
+func (t *sqlTracer) TraceBatchEnd(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchEndData) {
+	if b, ok := ctx.Value(traceKey{}).(*batchTrace); ok && b.label != "" {
+		t.record(b.label, time.Since(b.at))
+	}
+}
+
+// capture keeps the first claim and the largest mark for EXPLAIN.
+func (t *sqlTracer) capture(label, sql string, args []any) {
 	t.mu.Lock()
-	switch l {
+	defer t.mu.Unlock()
+	switch label {
 	case "claim":
 		if t.claimSQL == "" {
-			t.claimSQL, t.claimArgs = d.SQL, d.Args
+			t.claimSQL, t.claimArgs = sql, args
 		}
 	case "mark published":
-		if len(d.Args) >= 4 {
-			if ids, ok := d.Args[3].([]int64); ok && len(ids) > t.markRows {
-				t.markSQL, t.markArgs, t.markRows = d.SQL, d.Args, len(ids)
+		if len(args) >= 4 {
+			if ids, ok := args[3].([]int64); ok && len(ids) > t.markRows {
+				t.markSQL, t.markArgs, t.markRows = sql, args, len(ids)
 			}
 		}
 	}
-	t.mu.Unlock()
+}
+
+func (t *sqlTracer) record(label string, d time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st := t.stats[label]
+	if st == nil {
+		st = &stat{}
+		t.stats[label] = st
+	}
+	st.calls++
+	st.total += d
+}
+
+func (t *sqlTracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	l := statementLabel(d.SQL)
+	t.capture(l, d.SQL, d.Args)
 	return context.WithValue(ctx, traceKey{}, traceStart{l, time.Now()})
 }
 
 func (t *sqlTracer) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryEndData) {
-	s, ok := ctx.Value(traceKey{}).(traceStart)
-	if !ok {
-		return
+	if s, ok := ctx.Value(traceKey{}).(traceStart); ok {
+		t.record(s.label, time.Since(s.at))
 	}
-	d := time.Since(s.at)
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	st := t.stats[s.label]
-	if st == nil {
-		st = &stat{}
-		t.stats[s.label] = st
-	}
-	st.calls++
-	st.total += d
 }
 
 func statementLabel(q string) string {
