@@ -724,8 +724,16 @@ func TestRedriveEdited(t *testing.T) {
 	if after := b.deadLetter(e.id); !bytes.Equal(after.Payload, e.payload) || after.Status != "resolved" {
 		t.Fatalf("dead letter %+v", after)
 	}
-	if a := b.audits(e.id.String()); a[len(a)-1].Details["edited_payload_base64"] == nil {
+	// The audit log has the fingerprints, never the bytes; the corrected
+	// payload is on the dead letter.
+	if a := b.audits(e.id.String()); a[len(a)-1].Details["edited_payload_sha256"] == nil || a[len(a)-1].Details["edited_payload_base64"] != nil ||
+		a[len(a)-1].Details["edited_payload_bytes"] != float64(len(fixed)) {
 		t.Fatalf("audit %+v", a)
+	}
+	var edited []byte
+	if err := b.db.Pool.QueryRow(context.Background(), `SELECT edited_payload FROM inbox.dead_letters WHERE id = $1`, dl.ID).Scan(&edited); err != nil ||
+		!bytes.Equal(edited, fixed) {
+		t.Fatalf("edited payload on the dead letter: %q %v", edited, err)
 	}
 	// The original, redelivered, is a duplicate (not a conflict).
 	b.expect(e.delivery(), inbox.Duplicate)

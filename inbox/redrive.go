@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -43,8 +42,8 @@ func (in *Inbox) Redrive(ctx context.Context, deadLetterID int64, actor, reason 
 }
 
 // RedriveEdited is Redrive with a corrected payload. The dead letter keeps
-// the original payload; the edited one, with both fingerprints, is kept in
-// the audit log. The event keeps its id: the processed record stores the
+// the original payload and, once applied, the edited one (edited_payload);
+// the audit log keeps both fingerprints and the size, never the bytes. The event keeps its id: the processed record stores the
 // original payload's fingerprint, so a later redelivery of the original is
 // a duplicate, not a conflict.
 func (in *Inbox) RedriveEdited(ctx context.Context, deadLetterID int64, payload []byte, actor, reason string) error {
@@ -245,12 +244,15 @@ func (in *Inbox) applyDeadLetter(ctx context.Context, r *dlRow, mode applyMode) 
 		}
 	}
 	if mode.payload != nil {
+		// Fingerprints and size only: the audit log is append-only and never
+		// holds payload bytes. The corrected payload is kept on the dead
+		// letter (edited_payload), where redaction can reach it.
 		edited := sha256.Sum256(mode.payload)
-		details["edited_payload_base64"] = base64.StdEncoding.EncodeToString(mode.payload)
+		details["edited_payload_bytes"] = len(mode.payload)
 		details["edited_payload_sha256"] = hex.EncodeToString(edited[:])
 		details["original_payload_sha256"] = hex.EncodeToString(origSha[:])
 	}
-	if _, err := tx.Exec(hctx, in.sql.resolveDeadLetter, r.id); err != nil {
+	if _, err := tx.Exec(hctx, in.sql.resolveDeadLetter, r.id, mode.payload); err != nil {
 		return false, err
 	}
 	if keyed {

@@ -182,7 +182,7 @@ VALUES ($1, $2, 'inbox_dead_letter', $3::text[], $4, $5, $6, $7)`
  ORDER BY sequence, id LIMIT 1`
 
 	// deadLetterStateSQL is the audit "before" of a dead letter.
-	deadLetterStateSQL = `SELECT to_jsonb(d) - 'payload' - 'headers' || jsonb_build_object('payload_bytes', length(d.payload))
+	deadLetterStateSQL = `SELECT to_jsonb(d) - 'payload' - 'edited_payload' - 'headers' || jsonb_build_object('payload_bytes', length(d.payload))
   FROM {{I}}.dead_letters d WHERE id = $1`
 
 	headClassSQL = `SELECT error_class FROM {{I}}.dead_letters WHERE id = $1`
@@ -190,7 +190,7 @@ VALUES ($1, $2, 'inbox_dead_letter', $3::text[], $4, $5, $6, $7)`
 	lockDeadLetterSQL = `SELECT status FROM {{I}}.dead_letters WHERE id = $1 FOR UPDATE`
 
 	resolveDeadLetterSQL = `UPDATE {{I}}.dead_letters
-   SET status = 'resolved', resolved_at = now(), blocked_by = NULL, waiting_for = NULL
+   SET status = 'resolved', resolved_at = now(), blocked_by = NULL, waiting_for = NULL, edited_payload = $2
  WHERE id = $1`
 
 	// failDeadLetterSQL: a redriven or released dead letter failed again; it

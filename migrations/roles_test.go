@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/outboxkit/outboxkit/internal/holds"
 	"github.com/outboxkit/outboxkit/internal/ops"
 	"github.com/outboxkit/outboxkit/internal/testenv"
 	"github.com/outboxkit/outboxkit/migrations"
@@ -174,12 +175,32 @@ func TestRolesLeastPrivilege(t *testing.T) {
 	mustDeny(t, operator, "operator", `DELETE FROM outbox.messages`)
 	mustDeny(t, operator, "operator", `DELETE FROM outbox.audit_log`)
 
+	// Operator: places and releases legal holds (audited), never deletes
+	// or rewrites one.
+	holdStore, err := holds.New(operator, "outbox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := holdStore.Add(ctx, holds.Hold{Key: "k1", Reason: "case 1", Actor: "legal"})
+	if err != nil {
+		t.Fatalf("operator hold add: %v", err)
+	}
+	if _, err := holdStore.Release(ctx, h.ID, "legal", "case closed"); err != nil {
+		t.Fatalf("operator hold release: %v", err)
+	}
+	mustDeny(t, operator, "operator", `DELETE FROM outbox.legal_holds`)
+	mustDeny(t, operator, "operator", `UPDATE outbox.legal_holds SET key = 'other'`)
+
 	// Auditor: reads everything, writes nothing.
 	auditor := loginAs(t, db, prefix, "auditor")
 	var n int
-	if err := auditor.QueryRow(ctx, `SELECT count(*) FROM outbox.audit_log`).Scan(&n); err != nil || n != 2 {
-		t.Errorf("auditor reads the audit log: %d entries, %v (want park + replay)", n, err)
+	if err := auditor.QueryRow(ctx, `SELECT count(*) FROM outbox.audit_log`).Scan(&n); err != nil || n != 4 {
+		t.Errorf("auditor reads the audit log: %d entries, %v (want park, replay, hold, release)", n, err)
 	}
+	if err := auditor.QueryRow(ctx, `SELECT count(*) FROM outbox.legal_holds`).Scan(&n); err != nil || n != 1 {
+		t.Errorf("auditor reads the legal holds: %d, %v", n, err)
+	}
+	mustDeny(t, auditor, "auditor", `INSERT INTO outbox.legal_holds (key, reason, actor) VALUES ('k', 'r', 'a')`)
 	mustDeny(t, auditor, "auditor", `UPDATE outbox.messages SET status = 'dropped'`)
 	mustDeny(t, auditor, "auditor", `INSERT INTO outbox.audit_log (actor, action, target_kind, reason) VALUES ('x', 'y', 'z', 'w')`)
 

@@ -47,11 +47,16 @@ const (
 	// events, dead letters, stuck partitions, long transactions) and logs a
 	// warning for each one past its threshold.
 	JobAlarms Job = "alarms"
+	// JobRedact replaces the payloads of published events and closed inbox
+	// dead letters older than Config.RedactAfter with empty bytes and
+	// removes Config.RedactHeaders, keeping every other column, except for
+	// rows under a legal hold. Off unless RedactAfter is set.
+	JobRedact Job = "redact"
 )
 
 // Jobs returns every job, in schedule order.
 func Jobs() []Job {
-	return []Job{JobReclaim, JobRescue, JobRetry, JobRetention, JobReconcile, JobAlarms}
+	return []Job{JobReclaim, JobRescue, JobRetry, JobRetention, JobReconcile, JobAlarms, JobRedact}
 }
 
 // ParseJob returns the job named s, or an error wrapping ErrUnknownJob.
@@ -73,7 +78,8 @@ const Off = "off"
 // DefaultSchedule returns the schedule of j when Config.Schedules has none
 // (cron with a seconds field: second minute hour day-of-month month
 // day-of-week). The frequent jobs are cheap; retention and reconcile run
-// hourly, at different minutes.
+// hourly, at different minutes; redact (when RedactAfter turns it on) runs
+// daily at 02:47, as privacy windows are counted in days.
 func DefaultSchedule(j Job) string {
 	switch j {
 	case JobReclaim:
@@ -86,6 +92,8 @@ func DefaultSchedule(j Job) string {
 		return "0 7 * * * *"
 	case JobReconcile:
 		return "0 37 * * * *"
+	case JobRedact:
+		return "0 47 2 * * *"
 	}
 	return Off
 }
@@ -197,16 +205,34 @@ type Config struct {
 	// PublishedRetention: a replayed event whose record is gone would be
 	// applied twice.
 	ProcessedRetention time.Duration
-	// DeleteBatchSize is the most rows one retention statement deletes
-	// (default 1000). Each statement is its own short transaction.
+	// DeleteBatchSize is the most rows one retention statement deletes, and
+	// one redaction statement redacts (default 1000). Each statement is its
+	// own short transaction.
 	DeleteBatchSize int
-	// DeletePause is slept between two retention statements, to leave the
+	// DeletePause is slept between two retention (or redaction) statements, to leave the
 	// database to the relay and the producers (and replicas and autovacuum
 	// time to follow). Zero (the default) sleeps as long as the previous
 	// statement took, so retention keeps a database backend busy at most
 	// half the time; a positive value is a fixed pause; a negative value
 	// deletes as fast as it can.
 	DeletePause time.Duration
+
+	// RedactAfter turns the redact job on (zero, the default, leaves it
+	// off: redaction destroys data, so it is opted into). Published events
+	// are redacted this long after they were published, and inbox dead
+	// letters this long after they were resolved, replayed or dropped
+	// (resolved_at): the payload becomes empty bytes, RedactHeaders are
+	// removed, redacted_at is set, every other column stays. Rows under an
+	// active legal hold (outbox.legal_holds) are skipped. At least
+	// MinRetention. A redacted event can no longer be replayed, so the
+	// replay window becomes the shorter of RedactAfter and
+	// PublishedRetention.
+	RedactAfter time.Duration
+	// RedactHeaders names headers the redact job removes along with the
+	// payload (compared case-insensitively), e.g. "customer-email". The
+	// headers outboxkit itself reads (ce_*, content-type, traceparent) are
+	// columns of their own and are never needed from here.
+	RedactHeaders []string
 
 	// ReconcileWindow is the span of enqueue times the reconcile job checks
 	// (default 1h): events created in [now-ReconcileLag-ReconcileWindow,
@@ -264,6 +290,9 @@ var (
 	ErrJobBusy = errors.New("sweeper: job is running already")
 	// ErrAlreadyRunning is returned by Run when this Sweeper runs already.
 	ErrAlreadyRunning = errors.New("sweeper: already running")
+	// ErrRedactionOff is returned by RunJob(JobRedact) when
+	// Config.RedactAfter is not set.
+	ErrRedactionOff = errors.New("sweeper: redaction is off")
 )
 
 // specParser accepts six fields (with seconds), five classic fields and
@@ -391,6 +420,17 @@ func (c Config) validate() error {
 			c.ReconcileWindow+c.ReconcileLag, c.PublishedRetention)
 	case c.ReconcileMaxGaps < 1 || c.ReconcileMaxGaps > 100000:
 		return bad("ReconcileMaxGaps %d: use 1..100000", c.ReconcileMaxGaps)
+	}
+	switch {
+	case c.RedactAfter < 0:
+		return bad("RedactAfter %s must not be negative (0 turns redaction off)", c.RedactAfter)
+	case c.RedactAfter > 0 && c.RedactAfter < MinRetention:
+		return bad("RedactAfter %s: use at least %s (or 0 to turn redaction off)", c.RedactAfter, MinRetention)
+	}
+	for _, h := range c.RedactHeaders {
+		if strings.TrimSpace(h) == "" || len(h) > 200 {
+			return bad("RedactHeaders: %q is not a header name", h)
+		}
 	}
 	for consumer, topics := range c.Consumers {
 		if consumer == "" || len(topics) == 0 || slices.Contains(topics, "") {

@@ -42,12 +42,26 @@
 //     rows, and inbox.processed records older than ProcessedRetention
 //     (default 14 days). Pending, blocked, parked and dropped events, lanes
 //     and the audit log are never deleted.
+//
+// Retention and redact skip every row under an active legal hold
+// (outbox.legal_holds: a key, or a tenant header value, in one topic or
+// all; placed and released with outboxkit hold) and count them in the
+// report and outboxkit_sweeper_held_rows; a released hold's rows go at the
+// next run.
 //   - reconcile (hourly): for the events created in one window
 //     ([now-ReconcileLag-ReconcileWindow, now-ReconcileLag)), per consumer
 //     and topic: published = applied + dead-lettered + missing, with the
 //     missing event ids listed (bounded) in the report and the log, and
 //     outboxkit_reconcile_missing_events per consumer and topic. Needs the
 //     outbox and the inbox in one database.
+//   - redact (daily at 02:47; off unless RedactAfter is set): replaces the
+//     payload of published events published more than RedactAfter ago, and
+//     of inbox dead letters resolved, replayed or dropped more than
+//     RedactAfter ago, with empty bytes, removes RedactHeaders, and sets
+//     redacted_at; every other column stays. Pending, blocked, parked and
+//     dropped events and open dead letters are never redacted (table
+//     constraints enforce it too). One audit entry per run that redacted
+//     anything, with the counts.
 //   - alarms (every 30s): gauges for the oldest due pending event per topic,
 //     parked events per topic, open dead letters per consumer, stuck
 //     partitions, expired leases and the oldest open transaction, and a
@@ -113,6 +127,14 @@
 // ProcessedRetention may not be shorter than PublishedRetention: an event
 // replayed from the outbox after its inbox record is gone would be applied
 // twice.
+//
+// Redact walks the tables exactly as retention does (primary-key slices of
+// DeleteBatchSize rows, SKIP LOCKED, one short transaction each, paced by
+// DeletePause) and stops at the first slice created entirely after the
+// cutoff: every run walks every row older than RedactAfter that retention
+// has not deleted yet, so it runs daily. Each statement reads the active
+// holds once and checks them against its slice only. The audit log is
+// never redacted and never holds payloads (see docs/security.md).
 //
 // Retry keeps the lane order: a retried head that blocks its lane leaves the
 // lane blocked (its later events stay 'blocked') until the relay has

@@ -229,24 +229,10 @@ func (s *Sweeper) retention(ctx context.Context, conn *pgxpool.Conn, res *Result
 		Scan(&rep.PublishedCutoff, &rep.ProcessedCutoff); err != nil {
 		return err
 	}
-	var previous time.Duration
+	p := &pacer{pause: s.cfg.DeletePause}
 	timed := func(f func() error) error {
-		pause := s.cfg.DeletePause
-		if pause == 0 {
-			pause = previous // adaptive: at most half of one backend's time
-		}
-		if rep.Statements > 0 && pause > 0 {
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(pause):
-			}
-		}
-		start := time.Now()
-		err := f()
-		previous = time.Since(start)
-		rep.Statements++
-		rep.LongestStatement = max(rep.LongestStatement, previous)
+		err := p.step(ctx, f)
+		rep.Statements, rep.LongestStatement = p.statements, p.longest
 		return err
 	}
 
@@ -254,16 +240,17 @@ func (s *Sweeper) retention(ctx context.Context, conn *pgxpool.Conn, res *Result
 	for {
 		var next *int64
 		var allNew bool
-		var msgs, atts int64
+		var msgs, atts, held int64
 		err := timed(func() error {
 			return conn.QueryRow(ctx, s.sql.retentionChunk, last, s.cfg.DeleteBatchSize, rep.PublishedCutoff).
-				Scan(&next, &allNew, &msgs, &atts)
+				Scan(&next, &allNew, &msgs, &atts, &held)
 		})
 		if err != nil {
 			return fmt.Errorf("delete published events: %w", err)
 		}
 		rep.DeletedMessages += msgs
 		rep.DeletedAttempts += atts
+		rep.HeldMessages += held
 		res.Rows += msgs + atts
 		if next == nil || allNew {
 			break
@@ -284,9 +271,41 @@ func (s *Sweeper) retention(ctx context.Context, conn *pgxpool.Conn, res *Result
 		rep.DeletedProcessed += n
 		res.Rows += n
 		if n < int64(s.cfg.DeleteBatchSize) {
+			s.metrics.held.WithLabelValues(string(JobRetention)).Set(float64(rep.HeldMessages))
 			return nil
 		}
 	}
+}
+
+// pacer runs the statements of a long walk (retention, redaction) one at a
+// time, sleeping between two of them: pause when positive, nothing when
+// negative, and as long as the previous statement took when zero, so the
+// walk keeps one database backend busy at most half the time.
+type pacer struct {
+	pause      time.Duration
+	previous   time.Duration
+	statements int
+	longest    time.Duration
+}
+
+func (p *pacer) step(ctx context.Context, f func() error) error {
+	pause := p.pause
+	if pause == 0 {
+		pause = p.previous
+	}
+	if p.statements > 0 && pause > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pause):
+		}
+	}
+	start := time.Now()
+	err := f()
+	p.previous = time.Since(start)
+	p.statements++
+	p.longest = max(p.longest, p.previous)
+	return err
 }
 
 // reconcile compares published and applied events of one window, in one

@@ -29,6 +29,8 @@ type Metrics struct {
 	expiredLeases    prometheus.Gauge
 	longestTx        prometheus.Gauge
 	reconcileMissing *prometheus.GaugeVec
+	redacted         *prometheus.CounterVec
+	held             *prometheus.GaugeVec
 	all              []prometheus.Collector
 }
 
@@ -83,9 +85,18 @@ func NewMetrics() *Metrics {
 			Name: "outboxkit_reconcile_missing_events",
 			Help: "Events published in the last reconcile window that a consumer neither applied nor dead-lettered."},
 			[]string{"consumer", "topic"}),
+		redacted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "outboxkit_sweeper_redacted_rows_total",
+			Help: "Rows whose payload the redact job replaced with empty bytes, by table: messages (published events) or dead_letters (closed inbox dead letters)."},
+			[]string{"table"}),
+		held: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "outboxkit_sweeper_held_rows",
+			Help: "Rows the last run of a job (retention, redact) would have deleted or redacted but left whole because a legal hold covers them."},
+			[]string{"job"}),
 	}
 	m.all = []prometheus.Collector{m.jobRuns, m.rows, m.duration, m.lastSuccess, m.rescued, m.leader,
-		m.oldestPending, m.parked, m.deadLetters, m.stuckPartitions, m.expiredLeases, m.longestTx, m.reconcileMissing}
+		m.oldestPending, m.parked, m.deadLetters, m.stuckPartitions, m.expiredLeases, m.longestTx, m.reconcileMissing,
+		m.redacted, m.held}
 	return m
 }
 

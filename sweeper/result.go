@@ -18,7 +18,7 @@ type Result struct {
 	// outboxkit_sweeper_rows_total: leases, lanes and relays rows freed
 	// (reclaim), events found waiting (rescue), events retried (retry), rows
 	// deleted (retention), published events checked (reconcile), alarms
-	// raised (alarms).
+	// raised (alarms), payloads redacted (redact).
 	Rows int64 `json:"rows"`
 	// Skipped says why the run did not happen (with ErrJobBusy).
 	Skipped string `json:"skipped,omitempty"`
@@ -29,6 +29,7 @@ type Result struct {
 	Retention *RetentionReport `json:"retention,omitempty"`
 	Reconcile *ReconcileReport `json:"reconcile,omitempty"`
 	Alarms    *AlarmsReport    `json:"alarms,omitempty"`
+	Redact    *RedactReport    `json:"redact,omitempty"`
 }
 
 // attrs are the job-specific attributes of the run's summary log line.
@@ -47,7 +48,8 @@ func (r *Result) attrs() []any {
 	case r.Retention != nil:
 		return []any{slog.Int64("messages_deleted", r.Retention.DeletedMessages),
 			slog.Int64("attempts_deleted", r.Retention.DeletedAttempts),
-			slog.Int64("processed_deleted", r.Retention.DeletedProcessed), slog.Int("statements", r.Retention.Statements),
+			slog.Int64("processed_deleted", r.Retention.DeletedProcessed), slog.Int64("held_by_legal_hold", r.Retention.HeldMessages),
+			slog.Int("statements", r.Retention.Statements),
 			slog.Duration("longest_statement", r.Retention.LongestStatement)}
 	case r.Reconcile != nil:
 		var missing int64
@@ -58,6 +60,11 @@ func (r *Result) attrs() []any {
 			slog.Int("consumers", len(r.Reconcile.Consumers)), slog.Int64("missing", missing)}
 	case r.Alarms != nil:
 		return []any{slog.Int("alarms", len(r.Alarms.Alarms))}
+	case r.Redact != nil:
+		return []any{slog.Time("cutoff", r.Redact.Cutoff), slog.Int64("messages_redacted", r.Redact.RedactedMessages),
+			slog.Int64("dead_letters_redacted", r.Redact.RedactedDeadLetters), slog.Int64("headers_removed", r.Redact.HeadersRemoved),
+			slog.Int64("messages_held", r.Redact.HeldMessages), slog.Int64("dead_letters_held", r.Redact.HeldDeadLetters),
+			slog.Int("statements", r.Redact.Statements), slog.Duration("longest_statement", r.Redact.LongestStatement)}
 	}
 	return nil
 }
@@ -167,6 +174,10 @@ type RetentionReport struct {
 	DeletedMessages  int64     `json:"deleted_messages"`
 	DeletedAttempts  int64     `json:"deleted_attempts"`
 	DeletedProcessed int64     `json:"deleted_processed"`
+	// HeldMessages counts published events past the window that were kept
+	// because a legal hold covers their key or tenant (inbox records kept
+	// by a hold are not counted).
+	HeldMessages int64 `json:"held_messages"`
 	// Statements is the number of DELETE statements (each its own
 	// transaction); LongestStatement the slowest of them.
 	Statements       int           `json:"statements"`
@@ -279,4 +290,25 @@ type Alarm struct {
 	Value     float64 `json:"value"`
 	Threshold float64 `json:"threshold"`
 	Message   string  `json:"message"`
+}
+
+// RedactReport is what the redact job did.
+type RedactReport struct {
+	// Cutoff: events published, and dead letters closed (resolved_at),
+	// before it were redacted.
+	Cutoff time.Time `json:"cutoff"`
+	// RedactedMessages and RedactedDeadLetters count the rows whose payload
+	// was replaced by empty bytes in this run.
+	RedactedMessages    int64 `json:"redacted_messages"`
+	RedactedDeadLetters int64 `json:"redacted_dead_letters"`
+	// HeadersRemoved counts the headers (Config.RedactHeaders) removed.
+	HeadersRemoved int64 `json:"headers_removed"`
+	// HeldMessages and HeldDeadLetters count the rows past the cutoff left
+	// whole because a legal hold covers them.
+	HeldMessages    int64 `json:"held_messages"`
+	HeldDeadLetters int64 `json:"held_dead_letters"`
+	// Statements is the number of UPDATE statements (each its own
+	// transaction); LongestStatement the slowest of them.
+	Statements       int           `json:"statements"`
+	LongestStatement time.Duration `json:"longest_statement_ns"`
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/outboxkit/outboxkit/internal/pgutil"
 	"github.com/outboxkit/outboxkit/internal/testenv"
 	"github.com/outboxkit/outboxkit/migrations"
 )
@@ -67,9 +68,14 @@ func TestWorksWithTheSweeperRole(t *testing.T) {
 		('billing', $1, 'payments', '\x00', now() - interval '20 days'), ('billing', $2, 'payments', '\x00', now() - interval '20 minutes')`, ids[0], ids[1])
 	execSQL(t, db.Pool, `INSERT INTO inbox.dead_letters (consumer, consumer_version, topic, payload, error, error_class, attempts, status, first_failed_at, last_failed_at)
 		VALUES ('billing', 'v1', 'payments', '\x00', 'bad', 'permanent', 3, 'parked', now(), now())`)
+	// Redaction reads the legal holds and redacts a closed dead letter.
+	execSQL(t, db.Pool, `INSERT INTO inbox.dead_letters (consumer, consumer_version, topic, payload, error, error_class, attempts, status,
+		first_failed_at, last_failed_at, resolved_at)
+		VALUES ('billing', 'v1', 'payments', '\x00', 'bad', 'permanent', 3, 'resolved', now() - interval '3 days', now() - interval '3 days', now() - interval '2 days')`)
+	execSQL(t, db.Pool, `INSERT INTO outbox.legal_holds (key, reason, actor) VALUES ('k9', 'case', 'legal')`)
 
-	s := newSweeper(t, pool, Config{Consumers: map[string][]string{"billing": {"payments"}}}, nil)
-	want := map[Job]int64{JobReclaim: 4, JobRescue: 1, JobRetry: 1, JobRetention: 3, JobReconcile: 1, JobAlarms: 3}
+	s := newSweeper(t, pool, Config{Consumers: map[string][]string{"billing": {"payments"}}, RedactAfter: 24 * time.Hour}, nil)
+	want := map[Job]int64{JobReclaim: 4, JobRescue: 1, JobRetry: 1, JobRetention: 3, JobReconcile: 1, JobAlarms: 3, JobRedact: 1}
 	for _, j := range Jobs() {
 		res, err := s.RunJob(ctx, j)
 		if err != nil {
@@ -80,8 +86,21 @@ func TestWorksWithTheSweeperRole(t *testing.T) {
 			t.Errorf("%s: %d rows, want %d", j, res.Rows, want[j])
 		}
 	}
-	if n := queryInt(t, db.Pool, `SELECT count(*) FROM outbox.audit_log WHERE actor = 'system:sweeper'`); n != 3 {
-		t.Errorf("%d audit entries, want 3 (reclaim, lane release, retry)", n)
+	if n := queryInt(t, db.Pool, `SELECT count(*) FROM outbox.audit_log WHERE actor = 'system:sweeper'`); n != 4 {
+		t.Errorf("%d audit entries, want 4 (reclaim, lane release, retry, redact)", n)
+	}
+	// It reads the holds but cannot place, release or delete one, and may
+	// change only the redacted columns of a dead letter.
+	for _, q := range []string{
+		`INSERT INTO outbox.legal_holds (key, reason, actor) VALUES ('k', 'r', 'a')`,
+		`UPDATE outbox.legal_holds SET released_at = now(), released_by = 'x', release_reason = 'y'`,
+		`DELETE FROM outbox.legal_holds`,
+		`UPDATE inbox.dead_letters SET status = 'dropped'`,
+		`DELETE FROM inbox.dead_letters`,
+	} {
+		if _, err := pool.Exec(ctx, q); pgutil.SQLState(err) != pgutil.InsufficientPrivilege {
+			t.Errorf("the sweeper role may run %q: %v", q, err)
+		}
 	}
 	start(t, s)
 	testenv.Eventually(t, 10*time.Second, "leadership as the sweeper role", s.IsLeader)

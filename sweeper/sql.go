@@ -182,19 +182,25 @@ const (
 	// retentionChunkSQL walks the outbox in id order, $2 rows at a time after
 	// id $1 (primary key range: each statement touches a bounded slice of the
 	// table wherever the old rows are), and deletes the published events of
-	// the slice published before $3, with their failed-attempt history. A
-	// row locked by anyone is skipped, never waited for. It returns the last
+	// the slice published before $3, with their failed-attempt history,
+	// except those under a legal hold (counted). A row locked by anyone is
+	// skipped, never waited for. It returns the last
 	// id of the slice (NULL at the end of the table), whether every row of
 	// the slice was created at or after $3 (nothing older follows: stop),
-	// and the counts deleted. published_at >= created_at, so a slice
+	// the counts deleted and held. published_at >= created_at, so a slice
 	// created entirely after the cutoff has nothing to delete. The id lists
 	// are arrays (= ANY) so that the planner probes messages_pkey and
 	// attempts_message_idx instead of hashing a whole table per statement.
-	retentionChunkSQL = `WITH chunk AS (
+	retentionChunkSQL = `WITH ` + holdsCTE + `, chunk AS (
     SELECT id, created_at FROM {{O}}.messages WHERE id > $1 ORDER BY id LIMIT $2
+), due AS (
+    SELECT m.id, m.topic, m.key, m.headers FROM {{O}}.messages m
+     WHERE m.id = ANY (ARRAY(SELECT id FROM chunk)) AND m.status = 'published' AND m.published_at < $3
+), held AS (
+    SELECT d.id FROM due d WHERE ` + heldMessageSQL + `
 ), doomed AS (
     SELECT m.id FROM {{O}}.messages m
-     WHERE m.id = ANY (ARRAY(SELECT id FROM chunk)) AND m.status = 'published' AND m.published_at < $3
+     WHERE m.id = ANY (ARRAY(SELECT id FROM due EXCEPT ALL SELECT id FROM held))
        FOR UPDATE SKIP LOCKED
 ), deleted AS (
     DELETE FROM {{O}}.messages m USING doomed d
@@ -207,16 +213,139 @@ const (
 SELECT (SELECT max(id) FROM chunk),
        coalesce((SELECT bool_and(created_at >= $3) FROM chunk), true),
        (SELECT count(*) FROM deleted),
-       (SELECT count(*) FROM deleted_attempts)`
+       (SELECT count(*) FROM deleted_attempts),
+       (SELECT count(*) FROM held)`
 
-	// retentionInboxSQL deletes up to $2 inbox records applied before $1.
-	// The scan may use processed_processed_at_brin. The ctids are read and
+	// retentionInboxSQL deletes up to $2 inbox records applied before $1,
+	// except those under a legal hold: of a held key, or of an event whose
+	// outbox row carries a held tenant (the inbox records no headers; the
+	// probe uses messages_event_id_key). The scan may use
+	// processed_processed_at_brin. The ctids are read and
 	// deleted under one snapshot, so they still address the rows read (a row
 	// deleted meanwhile by someone else is skipped). No FOR UPDATE: the
 	// sweeper role may delete inbox records but not update them, and nothing
 	// ever updates them.
-	retentionInboxSQL = `DELETE FROM {{I}}.processed
- WHERE ctid = ANY (ARRAY(SELECT ctid FROM {{I}}.processed WHERE processed_at < $1 LIMIT $2))`
+	retentionInboxSQL = `WITH ` + holdsCTE + `
+DELETE FROM {{I}}.processed
+ WHERE ctid = ANY (ARRAY(
+       SELECT p.ctid FROM {{I}}.processed p
+        WHERE p.processed_at < $1
+          AND NOT EXISTS (SELECT 1 FROM holds h
+                           WHERE (h.topic IS NULL OR h.topic = p.topic)
+                             AND (h.key = p.key
+                                  OR h.tenant IS NOT NULL AND EXISTS (
+                                     SELECT 1 FROM {{O}}.messages m
+                                      WHERE m.event_id = p.event_id AND m.headers ->> h.tenant_header = h.tenant)))
+        LIMIT $2))`
+)
+
+// Legal holds. An active hold (released_at IS NULL) matches a row of its
+// topic (any topic when NULL) whose key is the held key, or whose tenant
+// header (named by the hold itself) has the held value. Each statement reads
+// the active holds once (holdsCTE, legal_holds_active_idx however many
+// released holds the table keeps) and checks them against the bounded slice
+// it works on, so the check never scans a big table. A hold placed while a
+// statement runs applies from the next statement on.
+const (
+	// holdsCTE is the first CTE of every statement that honours holds.
+	holdsCTE = `holds AS MATERIALIZED (
+    SELECT topic, key, tenant_header, tenant FROM {{O}}.legal_holds WHERE released_at IS NULL
+)`
+
+	// heldMessageSQL: outbox row d (topic, key, headers) is held.
+	heldMessageSQL = `EXISTS (SELECT 1 FROM holds h
+                  WHERE (h.topic IS NULL OR h.topic = d.topic)
+                    AND (h.key = d.key OR d.headers ->> h.tenant_header = h.tenant))`
+
+	// heldDeadLetterSQL: dead letter d is held. Its headers are the broker
+	// headers as received, an array of {"name", "value"}.
+	heldDeadLetterSQL = `EXISTS (SELECT 1 FROM holds h
+                  WHERE (h.topic IS NULL OR h.topic = d.topic)
+                    AND (h.key = d.key
+                         OR d.headers @> jsonb_build_array(jsonb_build_object('name', h.tenant_header, 'value', h.tenant))))`
+)
+
+// Redaction. Like retention, each statement walks one slice of the table in
+// primary-key order ($2 rows after id $1), changes what is due in it, skips
+// rows locked by anyone (SKIP LOCKED) and commits on its own; the walk
+// stops at the first slice created entirely after the cutoff $3. $4 is the
+// lower-cased names of the headers to remove. Each returns the last id of
+// the slice (NULL at the end), whether the slice was entirely new, the rows
+// redacted, the rows held, and the headers removed.
+const (
+	// redactMessagesSQL: published events published before $3, not yet
+	// redacted, not held. The status is re-checked under the row lock; a
+	// pending, blocked, parked or dropped event is never touched
+	// (messages_redacted_is_published enforces it as well).
+	redactMessagesSQL = `WITH ` + holdsCTE + `, chunk AS (
+    SELECT id, created_at FROM {{O}}.messages WHERE id > $1 ORDER BY id LIMIT $2
+), due AS (
+    SELECT m.id, m.topic, m.key, m.headers FROM {{O}}.messages m
+     WHERE m.id = ANY (ARRAY(SELECT id FROM chunk)) AND m.status = 'published' AND m.published_at < $3
+       AND m.redacted_at IS NULL
+), held AS (
+    SELECT d.id FROM due d WHERE ` + heldMessageSQL + `
+), doomed AS (
+    SELECT m.id, m.headers FROM {{O}}.messages m
+     WHERE m.id = ANY (ARRAY(SELECT id FROM due EXCEPT ALL SELECT id FROM held))
+       FOR UPDATE SKIP LOCKED
+), redacted AS (
+    UPDATE {{O}}.messages m
+       SET payload = ''::bytea, redacted_at = now(),
+           headers = (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}'::jsonb)
+                        FROM jsonb_each(m.headers) e WHERE lower(e.key) <> ALL ($4::text[]))
+      FROM doomed d
+     WHERE m.id = d.id AND m.status = 'published' AND m.redacted_at IS NULL
+    RETURNING (SELECT count(*) FROM jsonb_object_keys(d.headers)) - (SELECT count(*) FROM jsonb_object_keys(m.headers)) AS removed
+)
+SELECT (SELECT max(id) FROM chunk),
+       coalesce((SELECT bool_and(created_at >= $3) FROM chunk), true),
+       (SELECT count(*) FROM redacted),
+       (SELECT count(*) FROM held),
+       (SELECT coalesce(sum(removed), 0) FROM redacted)`
+
+	// redactDeadLettersSQL: dead letters resolved, replayed or dropped
+	// before $3 (resolved_at), not yet redacted, not held. Open ones
+	// (parked, blocked) are never touched (dead_letters_redacted_is_closed).
+	// resolved_at >= first_failed_at, so a slice that first failed after
+	// the cutoff has nothing due. A header whose name is not valid UTF-8
+	// (stored as {"base64": ...}) cannot match a configured name and stays.
+	redactDeadLettersSQL = `WITH ` + holdsCTE + `, chunk AS (
+    SELECT id, first_failed_at FROM {{I}}.dead_letters WHERE id > $1 ORDER BY id LIMIT $2
+), due AS (
+    SELECT d.id, d.topic, d.key, d.headers FROM {{I}}.dead_letters d
+     WHERE d.id = ANY (ARRAY(SELECT id FROM chunk)) AND d.status IN ('resolved', 'replayed', 'dropped')
+       AND d.resolved_at < $3 AND d.redacted_at IS NULL
+), held AS (
+    SELECT d.id FROM due d WHERE ` + heldDeadLetterSQL + `
+), doomed AS (
+    SELECT d.id, d.headers FROM {{I}}.dead_letters d
+     WHERE d.id = ANY (ARRAY(SELECT id FROM due EXCEPT ALL SELECT id FROM held))
+       FOR UPDATE SKIP LOCKED
+), redacted AS (
+    UPDATE {{I}}.dead_letters d
+       SET payload = ''::bytea, redacted_at = now(),
+           edited_payload = CASE WHEN d.edited_payload IS NULL THEN NULL ELSE ''::bytea END,
+           headers = (SELECT coalesce(jsonb_agg(x.e ORDER BY x.n), '[]'::jsonb)
+                        FROM jsonb_array_elements(d.headers) WITH ORDINALITY AS x(e, n)
+                       WHERE jsonb_typeof(x.e->'name') <> 'string' OR lower(x.e->>'name') <> ALL ($4::text[]))
+      FROM doomed o
+     WHERE d.id = o.id AND d.status IN ('resolved', 'replayed', 'dropped') AND d.redacted_at IS NULL
+    RETURNING jsonb_array_length(o.headers) - jsonb_array_length(d.headers) AS removed
+)
+SELECT (SELECT max(id) FROM chunk),
+       coalesce((SELECT bool_and(first_failed_at >= $3) FROM chunk), true),
+       (SELECT count(*) FROM redacted),
+       (SELECT count(*) FROM held),
+       (SELECT coalesce(sum(removed), 0) FROM redacted)`
+
+	// redactCutoffSQL: the one cutoff of a run, on the database clock.
+	redactCutoffSQL = `SELECT now() - $1::interval`
+
+	// redactAuditSQL: one entry per run that redacted anything. Counts,
+	// cutoff and header names only: the audit log never holds payloads.
+	redactAuditSQL = `INSERT INTO {{O}}.audit_log (actor, action, target_kind, reason, details)
+VALUES ($1, 'redact', 'redaction_run', $2, $3)`
 )
 
 // Reconcile. Run in one read-only REPEATABLE READ transaction, so the counts
@@ -330,6 +459,7 @@ type statements struct {
 	rescueScan, rescueScheduled                                string
 	retry                                                      string
 	retentionChunk, retentionInbox                             string
+	redactMessages, redactDeadLetters, redactAudit             string
 	discoverConsumers, reconcileTopics, reconcileCounts, gaps  string
 	pendingAge, parked, deadLetters, partitions, scheduledConf string
 }
@@ -343,6 +473,7 @@ func renderStatements(outboxIdent, inboxIdent string) statements {
 		rescueScan: r(rescueScanSQL), rescueScheduled: r(rescueScheduledSQL),
 		retry:          r(retrySQL),
 		retentionChunk: r(retentionChunkSQL), retentionInbox: r(retentionInboxSQL),
+		redactMessages: r(redactMessagesSQL), redactDeadLetters: r(redactDeadLettersSQL), redactAudit: r(redactAuditSQL),
 		discoverConsumers: r(discoverConsumersSQL), reconcileTopics: r(reconcileTopicsSQL),
 		reconcileCounts: r(reconcileCountsSQL), gaps: r(reconcileGapsSQL),
 		pendingAge: r(pendingAgeSQL), parked: r(parkedSQL), deadLetters: r(deadLettersSQL),

@@ -52,7 +52,7 @@ const (
 
 // New checks cfg (nil means all defaults) and returns a Sweeper that runs
 // its jobs on pool. The pool needs one connection per job running at once
-// (at most six); the leader lock uses a dedicated connection of its own.
+// (at most seven); the leader lock uses a dedicated connection of its own.
 func New(pool *pgxpool.Pool, cfg *Config) (*Sweeper, error) {
 	if pool == nil {
 		return nil, fmt.Errorf("%w: pool is nil", ErrInvalidConfig)
@@ -86,6 +86,7 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Sweeper, error) {
 		JobRetention: s.retention,
 		JobReconcile: s.reconcile,
 		JobAlarms:    s.alarms,
+		JobRedact:    s.redact,
 	}
 	for _, j := range Jobs() {
 		s.jobKeys[j] = lockKey("job:"+string(j), c.OutboxSchema)
@@ -141,6 +142,11 @@ func (s *Sweeper) Run(ctx context.Context) error {
 	attrs := []any{slog.String("outbox_schema", s.cfg.OutboxSchema), slog.String("inbox_schema", s.cfg.InboxSchema)}
 	for _, j := range Jobs() {
 		spec := s.cfg.Schedules[j]
+		if j == JobRedact && s.cfg.RedactAfter == 0 {
+			// Redaction destroys data: it runs only when asked for.
+			attrs = append(attrs, slog.String(string(j), Off+" (RedactAfter not set)"))
+			continue
+		}
 		attrs = append(attrs, slog.String(string(j), spec))
 		if spec == Off {
 			continue
@@ -216,6 +222,9 @@ func (s *Sweeper) scheduled(job Job) {
 func (s *Sweeper) RunJob(ctx context.Context, job Job) (Result, error) {
 	if _, err := ParseJob(string(job)); err != nil {
 		return Result{Job: job}, err
+	}
+	if job == JobRedact && s.cfg.RedactAfter == 0 {
+		return Result{Job: job}, fmt.Errorf("%w: set RedactAfter (outboxkit sweep --redact-after 30d) to redact payloads older than that", ErrRedactionOff)
 	}
 	res, err := s.run(ctx, job)
 	if err == nil {

@@ -44,8 +44,9 @@ func commands() map[string]command {
 		"trace":   {"one key's, event's or flow's whole story", runTrace},
 		"stats":   {"backlog, rates, parked, dead letters, partitions and relays", runStats},
 		"audit":   {"the audit log of operator and system actions", runAudit},
+		"hold":    {"legal holds: keys or tenants that retention and redaction must not touch", runHold},
 		"replay":  {"send published events of a time range again, to every consumer or one", runReplay},
-		"sweep":   {"run the sweeper: reclaim, rescue, retry, retention, reconcile, alarms (one leader)", runSweep},
+		"sweep":   {"run the sweeper: reclaim, rescue, retry, retention, reconcile, alarms, redact (one leader)", runSweep},
 		"serve":   {"the web dashboard: backlog, parked events, dead letters, actions, audit (signed-in users only)", runServe},
 	}
 }

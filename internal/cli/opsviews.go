@@ -333,5 +333,8 @@ func runReplay(ctx context.Context, env *Env, args []string) error {
 		target = "consumer " + q.Consumer
 	}
 	fmt.Fprintf(env.Stdout, "%d published events of %s %s to %s\n", res.Events, q.Topic, verb, target)
+	if res.Redacted > 0 {
+		fmt.Fprintf(env.Stdout, "%d events of the range were left out: their payload was redacted (sweeper redact job), they cannot be sent again\n", res.Redacted)
+	}
 	return nil
 }

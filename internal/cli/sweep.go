@@ -30,7 +30,11 @@ another takes over within --leader-check-interval.
   --once JOB   run one job now, print its report and exit (1 if it failed,
                or if it is running in another sweeper right now)
 
-Jobs: reclaim, rescue, retry, retention, reconcile, alarms.
+Jobs: reclaim, rescue, retry, retention, reconcile, alarms, redact.
+redact is off unless --redact-after is given: it replaces the payloads of
+events published, and of inbox dead letters closed, longer ago than that with
+empty bytes (and removes --redact-headers), except under a legal hold
+(outboxkit hold).
 Schedules are cron specs with a seconds field ("*/30 * * * * *"), classic
 five-field specs ("0 3 * * *"), descriptors ("@every 1m", "@hourly"), or
 "off". Durations take Go syntax (90s, 36h) and days (7d, 1d12h).`
@@ -140,8 +144,10 @@ func runSweep(ctx context.Context, env *Env, args []string) error {
 	fs.IntVar(&cfg.MaxAutoRetries, "max-auto-retries", sweeper.MaxAutoRetriesDefault, "retry: automatic retries per event")
 	dur(&cfg.PublishedRetention, "published-retention", "retention: keep published events this long after publication")
 	dur(&cfg.ProcessedRetention, "processed-retention", "retention: keep inbox.processed records this long (at least --published-retention)")
-	fs.IntVar(&cfg.DeleteBatchSize, "delete-batch", sweeper.DeleteBatchSizeDefault, "retention: most rows per DELETE statement")
-	dur(&cfg.DeletePause, "delete-pause", "retention: pause between two DELETE statements (0: as long as the previous one took; negative: none)")
+	fs.IntVar(&cfg.DeleteBatchSize, "delete-batch", sweeper.DeleteBatchSizeDefault, "retention, redact: most rows per statement")
+	dur(&cfg.DeletePause, "delete-pause", "retention, redact: pause between two statements (0: as long as the previous one took; negative: none)")
+	dur(&cfg.RedactAfter, "redact-after", "redact: empty the payloads of events published, and dead letters closed, this long ago (e.g. 30d; default off) ($OUTBOXKIT_REDACT_AFTER)")
+	redactHeaders := fs.String("redact-headers", env.Getenv("OUTBOXKIT_REDACT_HEADERS"), "redact: comma-separated header names to remove as well, e.g. customer-email,customer-name ($OUTBOXKIT_REDACT_HEADERS)")
 	dur(&cfg.ReconcileWindow, "reconcile-window", "reconcile: span of enqueue times checked")
 	dur(&cfg.ReconcileLag, "reconcile-lag", "reconcile: leave out events newer than this (still in flight)")
 	fs.IntVar(&cfg.ReconcileMaxGaps, "reconcile-max-gaps", sweeper.ReconcileMaxGapsDefault, "reconcile: most missing event ids listed per consumer and topic")
@@ -171,6 +177,18 @@ func runSweep(ctx context.Context, env *Env, args []string) error {
 	}
 	if cfg.LockURL == "" {
 		cfg.LockURL = env.Getenv("OUTBOXKIT_LOCK_URL")
+	}
+	if v := env.Getenv("OUTBOXKIT_REDACT_AFTER"); v != "" && cfg.RedactAfter == 0 {
+		d, err := parseDays(v)
+		if err != nil {
+			return usageError("$OUTBOXKIT_REDACT_AFTER: %v", err)
+		}
+		cfg.RedactAfter = d
+	}
+	for _, h := range strings.Split(*redactHeaders, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			cfg.RedactHeaders = append(cfg.RedactHeaders, h)
+		}
 	}
 	cfg.Schedules = map[sweeper.Job]string{}
 	for j, s := range schedules {
@@ -212,6 +230,9 @@ func runSweep(ctx context.Context, env *Env, args []string) error {
 
 	if job != "" {
 		res, err := s.RunJob(ctx, job)
+		if errors.Is(err, sweeper.ErrRedactionOff) {
+			return usageError("--once redact: redaction is off: pass --redact-after (e.g. 30d) to redact payloads older than that")
+		}
 		if err != nil {
 			return err
 		}
@@ -290,6 +311,9 @@ func printSweepResult(w io.Writer, res *sweeper.Result) {
 		r := res.Retention
 		fmt.Fprintf(w, "  deleted %d published events (published before %s), %d attempt rows, %d inbox records (applied before %s)\n",
 			r.DeletedMessages, ts(r.PublishedCutoff), r.DeletedAttempts, r.DeletedProcessed, ts(r.ProcessedCutoff))
+		if r.HeldMessages > 0 {
+			fmt.Fprintf(w, "  kept %d published events past the window: a legal hold covers them (outboxkit hold list)\n", r.HeldMessages)
+		}
 		fmt.Fprintf(w, "  %d statements, the longest %s\n", r.Statements, r.LongestStatement.Round(time.Millisecond))
 	case res.Reconcile != nil:
 		r := res.Reconcile
@@ -311,6 +335,15 @@ func printSweepResult(w io.Writer, res *sweeper.Result) {
 		if len(r.Consumers) == 0 {
 			fmt.Fprintln(w, "  no consumer to reconcile (none seen in inbox.processed; name them with --consumer)")
 		}
+	case res.Redact != nil:
+		r := res.Redact
+		fmt.Fprintf(w, "  redacted %d published events and %d dead letters closed before %s (%d headers removed)\n",
+			r.RedactedMessages, r.RedactedDeadLetters, ts(r.Cutoff), r.HeadersRemoved)
+		if r.HeldMessages+r.HeldDeadLetters > 0 {
+			fmt.Fprintf(w, "  kept %d events and %d dead letters whole: a legal hold covers them (outboxkit hold list)\n",
+				r.HeldMessages, r.HeldDeadLetters)
+		}
+		fmt.Fprintf(w, "  %d statements, the longest %s\n", r.Statements, r.LongestStatement.Round(time.Millisecond))
 	case res.Alarms != nil:
 		r := res.Alarms
 		for _, a := range r.Alarms {

@@ -61,9 +61,29 @@ func TestSweepOnce(t *testing.T) {
 		t.Fatalf("alarms --json: %v\n%s", err, out)
 	}
 	for _, j := range sweeper.Jobs() {
-		if _, errOut, err := sweep(t, ctx, env, "--once", string(j)); err != nil {
+		if _, errOut, err := sweep(t, ctx, env, "--once", string(j), "--redact-after", "30d"); err != nil {
 			t.Errorf("--once %s: %v\n%s", j, err, errOut)
 		}
+	}
+
+	// Redaction is opted into, by flag or environment.
+	if _, _, err := sweep(t, ctx, env, "--once", "redact"); !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "pass --redact-after") {
+		t.Errorf("--once redact without --redact-after: %v", err)
+	}
+	if _, err := db.Pool.Exec(ctx, `UPDATE outbox.messages SET status = 'published', created_at = now() - interval '3 days',
+		published_at = now() - interval '2 days', headers = '{"customer-email": "a@b.c", "tenant": "t1"}' WHERE event_id = $1`, ids[2]); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, err = sweep(t, ctx, map[string]string{"DATABASE_URL": db.URL, "OUTBOXKIT_REDACT_AFTER": "1d"},
+		"--once", "redact", "--redact-headers", "Customer-Email, customer-name")
+	if err != nil || !strings.Contains(out, "redacted 1 published events and 0 dead letters") || !strings.Contains(out, "1 headers removed") ||
+		!strings.Contains(errOut, "messages_redacted=1") {
+		t.Fatalf("redact: %v\nstdout: %s\nstderr: %s", err, out, errOut)
+	}
+	var payload, headers string
+	if err := db.Pool.QueryRow(ctx, `SELECT encode(payload, 'escape'), headers::text FROM outbox.messages WHERE event_id = $1`, ids[2]).
+		Scan(&payload, &headers); err != nil || payload != "" || headers != `{"tenant": "t1"}` {
+		t.Fatalf("after redact: payload %q headers %s (%v)", payload, headers, err)
 	}
 }
 
@@ -81,6 +101,8 @@ func TestSweepUsageErrors(t *testing.T) {
 		{[]string{"--published-retention", "30d"}, "applied twice"},
 		{[]string{"--consumer", "billing"}, "name=topic1,topic2"},
 		{[]string{"extra"}, "unexpected argument"},
+		{[]string{"--redact-after", "10m"}, "RedactAfter 10m0s: use at least 1h"},
+		{[]string{"--redact-after", "30"}, "invalid duration"},
 	} {
 		_, _, err := sweep(t, context.Background(), env, c.args...)
 		if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), c.want) {

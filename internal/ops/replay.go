@@ -29,14 +29,20 @@ type RangeReplay struct {
 
 // RangeResult says what a range replay did (or would do).
 type RangeResult struct {
-	Events   int      `json:"events"`
+	Events int `json:"events"`
+	// Redacted counts the published events of the range left out because
+	// their payload was redacted (sweeper redact job): they cannot be sent
+	// again.
+	Redacted int64    `json:"redacted"`
 	EventIDs []string `json:"event_ids,omitempty"` // the first 100
 	DryRun   bool     `json:"dry_run"`
 }
 
 // ReplayRange re-sends already published events of a topic and time range
 // (created_at), to every consumer or to one. Events older than the
-// retention window (sweeper) are gone and cannot be replayed.
+// retention window (sweeper) are gone and cannot be replayed; redacted
+// events (sweeper redact job) are left out and counted in
+// RangeResult.Redacted.
 func (s *Store) ReplayRange(ctx context.Context, a Action, q RangeReplay) (RangeResult, error) {
 	res := RangeResult{DryRun: q.DryRun}
 	if err := a.check(); err != nil && !q.DryRun {
@@ -66,6 +72,9 @@ func (s *Store) ReplayRange(ctx context.Context, a Action, q RangeReplay) (Range
 			return err
 		}
 		res.Events = len(ids)
+		if err := tx.QueryRow(ctx, s.sql.rangeRedacted, q.Topic, q.From, q.To, nullStr(q.Key)).Scan(&res.Redacted); err != nil {
+			return err
+		}
 		if q.DryRun || len(ids) == 0 {
 			return nil
 		}
@@ -73,7 +82,7 @@ func (s *Store) ReplayRange(ctx context.Context, a Action, q RangeReplay) (Range
 			return err
 		}
 		details, _ := json.Marshal(map[string]any{"topic": q.Topic, "key": q.Key, "from": q.From, "to": q.To,
-			"consumer": q.Consumer, "events": len(ids), "listed": len(res.EventIDs)})
+			"consumer": q.Consumer, "events": len(ids), "listed": len(res.EventIDs), "redacted_left_out": res.Redacted})
 		_, err = tx.Exec(ctx, s.sql.audit, a.Actor, "replay_range", "outbox_message", res.EventIDs, a.Reason, nil, nil, details)
 		return err
 	})

@@ -64,8 +64,16 @@ const deadLetterAttemptsSQL = `SELECT attempt, started_at, duration_ms, '', outc
 // Outbox actions. Each runs in the transaction that writes its audit entry.
 // lockMessageSQL reads the row as it is before the action (the audit's
 // "before") and locks it against a concurrent relay or operator.
+//
+// Audit snapshots of a message never hold its payload or its header values,
+// only the payload's size and the header names: the audit log is
+// append-only, so whatever personal data it held would outlive the
+// redaction of the row itself (sweeper redact job, docs/security.md).
 const (
-	lockMessageSQL = `SELECT to_jsonb(m) - 'payload' || jsonb_build_object('payload_bytes', length(m.payload)), m.status,
+	lockMessageSQL = `SELECT to_jsonb(m) - 'payload' - 'headers'
+       || jsonb_build_object('payload_bytes', length(m.payload),
+                             'header_names', (SELECT coalesce(jsonb_agg(k ORDER BY k), '[]') FROM jsonb_object_keys(m.headers) k)),
+       m.status,
        m.topic, m.key, coalesce(m.sequence, 0), m.event_id
   FROM {{O}}.messages m WHERE m.id = $1 FOR UPDATE`
 
@@ -75,18 +83,21 @@ const (
 	replayMessageSQL = `UPDATE {{O}}.messages
    SET status = 'pending', attempts = 0, available_at = now(), parked_at = NULL
  WHERE id = $1 AND status = 'parked'
-RETURNING to_jsonb(messages) - 'payload'`
+RETURNING to_jsonb(messages) - 'payload' - 'headers'
+       || jsonb_build_object('header_names', (SELECT coalesce(jsonb_agg(k ORDER BY k), '[]') FROM jsonb_object_keys(messages.headers) k))`
 
 	// dropMessageSQL is a soft delete: the row stays, with every column.
 	dropMessageSQL = `UPDATE {{O}}.messages SET status = 'dropped'
  WHERE id = $1 AND status IN ('parked', 'blocked')
-RETURNING to_jsonb(messages) - 'payload'`
+RETURNING to_jsonb(messages) - 'payload' - 'headers'
+       || jsonb_build_object('header_names', (SELECT coalesce(jsonb_agg(k ORDER BY k), '[]') FROM jsonb_object_keys(messages.headers) k))`
 
 	// restoreMessageSQL undoes a drop: the status the audit log recorded
 	// before the drop comes back; nothing else changed.
 	restoreMessageSQL = `UPDATE {{O}}.messages SET status = $2
  WHERE id = $1 AND status = 'dropped'
-RETURNING to_jsonb(messages) - 'payload'`
+RETURNING to_jsonb(messages) - 'payload' - 'headers'
+       || jsonb_build_object('header_names', (SELECT coalesce(jsonb_agg(k ORDER BY k), '[]') FROM jsonb_object_keys(messages.headers) k))`
 
 	lastDropSQL = `SELECT before->>'status' FROM {{O}}.audit_log
  WHERE action = 'drop' AND target_kind = 'outbox_message' AND target_ids = ARRAY[$1::text]
@@ -102,7 +113,8 @@ SELECT $3, topic, key, partition, sequence, type, version, $2, coalesce($4, cont
        headers || jsonb_build_object('outboxkit-edit-of', event_id::text), correlation_id, event_id::text,
        traceparent, tracestate, source, 'pending', now()
   FROM {{O}}.messages WHERE id = $1
-RETURNING id, to_jsonb(messages) - 'payload'`
+RETURNING id, to_jsonb(messages) - 'payload' - 'headers'
+       || jsonb_build_object('header_names', (SELECT coalesce(jsonb_agg(k ORDER BY k), '[]') FROM jsonb_object_keys(messages.headers) k))`
 
 	// insertSkipMarkerSQL leaves a skip marker (wire.SkippedType) in the lane
 	// place of dropped event $1: consumers advance past the sequence instead
@@ -214,11 +226,19 @@ const listAuditSQL = `SELECT id, at, actor, action, target_kind, target_ids, rea
  ORDER BY id DESC LIMIT $4`
 
 const (
+	// rangeSelectSQL leaves redacted events out: their payload is gone, and
+	// sending the empty bytes as the event would be a new, wrong event
+	// (messages_redacted_is_published refuses it anyway). rangeRedactedSQL
+	// counts them, so the operator is told.
 	rangeSelectSQL = `SELECT id, event_id::text FROM {{O}}.messages
  WHERE status = 'published' AND topic = $1 AND created_at >= $2 AND created_at < $3
-   AND ($4::text IS NULL OR key = $4)
+   AND ($4::text IS NULL OR key = $4) AND redacted_at IS NULL
  ORDER BY id LIMIT $5
    FOR UPDATE`
+
+	rangeRedactedSQL = `SELECT count(*) FROM {{O}}.messages
+ WHERE status = 'published' AND topic = $1 AND created_at >= $2 AND created_at < $3
+   AND ($4::text IS NULL OR key = $4) AND redacted_at IS NOT NULL`
 
 	// rangeReplaySQL sends published events again, in their original order
 	// (their ids), with their original event ids and sequences. The audit
@@ -240,7 +260,7 @@ type statements struct {
 	statsDeadLetters                                                     string
 	traceMessages, traceAttempts, traceProcessed, traceDeadLetters       string
 	traceAudit, listAudit                                                string
-	rangeSelect, rangeReplay                                             string
+	rangeSelect, rangeReplay, rangeRedacted                              string
 	insertSkipMarker, findSkipMarker, dropMarker                         string
 }
 
@@ -260,7 +280,7 @@ func renderStatements(outboxIdent, inboxIdent string) statements {
 		statsRelays: r(statsRelaysSQL), statsDeadLetters: r(statsDeadLettersSQL),
 		traceMessages: r(traceMessagesSQL), traceAttempts: r(traceAttemptsSQL), traceProcessed: r(traceProcessedSQL),
 		traceDeadLetters: r(traceDeadLettersSQL), traceAudit: r(traceAuditSQL), listAudit: r(listAuditSQL),
-		rangeSelect: r(rangeSelectSQL), rangeReplay: r(rangeReplaySQL),
+		rangeSelect: r(rangeSelectSQL), rangeReplay: r(rangeReplaySQL), rangeRedacted: r(rangeRedactedSQL),
 		insertSkipMarker: r(insertSkipMarkerSQL), findSkipMarker: r(findSkipMarkerSQL), dropMarker: r(dropMarkerSQL),
 	}
 }

@@ -68,3 +68,11 @@ GRANT UPDATE ON {{.Inbox}}.dead_letters, {{.Inbox}}.lanes TO {{r "operator"}};
 
 -- Auditor: reads everything, writes nothing.
 GRANT SELECT ON ALL TABLES IN SCHEMA {{.Outbox}}, {{.Inbox}} TO {{r "auditor"}};
+
+-- Privacy: legal holds and redaction. The operator places and releases
+-- holds (never deletes one); the sweeper reads them, and may change only the
+-- redacted columns of dead letters.
+GRANT SELECT, INSERT ON {{.Outbox}}.legal_holds TO {{r "operator"}};
+GRANT UPDATE (released_at, released_by, release_reason) ON {{.Outbox}}.legal_holds TO {{r "operator"}};
+GRANT SELECT ON {{.Outbox}}.legal_holds TO {{r "sweeper"}}, {{r "auditor"}};
+GRANT UPDATE (payload, edited_payload, headers, redacted_at) ON {{.Inbox}}.dead_letters TO {{r "sweeper"}};

@@ -1,5 +1,6 @@
 -- Reverses 0001. The outbox schema itself stays: it holds golang-migrate's
 -- version table. The inbox schema is dropped only when nothing else lives in it.
+DROP TABLE IF EXISTS {{.Outbox}}.legal_holds;
 DROP VIEW IF EXISTS {{.Inbox}}.dead_letters_by_consumer;
 DROP VIEW IF EXISTS {{.Outbox}}.attempt_history;
 DROP VIEW IF EXISTS {{.Outbox}}.expired_leases;

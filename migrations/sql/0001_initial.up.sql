@@ -587,3 +587,61 @@ BEGIN
               DETAIL = format('Key (event_id)=(%s) already exists.', id);
 END $$;
 COMMENT ON FUNCTION {{.Outbox}}.duplicate_event(uuid) IS 'Raises unique_violation for an event id that already exists in messages or scheduled; used by enqueue statements.';
+
+-- ---------------------------------------------------------------------------
+-- Privacy: redaction and legal holds (sweeper job "redact", outboxkit hold).
+-- Kept in one block: the columns are added here rather than in the CREATE
+-- TABLE statements above.
+-- ---------------------------------------------------------------------------
+
+ALTER TABLE {{.Outbox}}.messages ADD COLUMN redacted_at timestamptz;
+-- Only a published event is ever redacted, and a redacted event never goes
+-- back to pending: a replay would publish the empty payload as the event.
+ALTER TABLE {{.Outbox}}.messages ADD CONSTRAINT messages_redacted_is_published
+    CHECK (redacted_at IS NULL OR status = 'published');
+COMMENT ON COLUMN {{.Outbox}}.messages.redacted_at IS 'When the sweeper''s redact job replaced the payload with empty bytes and removed the configured headers (RedactAfter after publication). NULL: payload as enqueued. Every other column is kept.';
+
+ALTER TABLE {{.Inbox}}.dead_letters ADD COLUMN edited_payload bytea;
+ALTER TABLE {{.Inbox}}.dead_letters ADD COLUMN redacted_at timestamptz;
+-- Only a dead letter that left the parked and blocked states is redacted,
+-- and it never goes back: its payload is gone, it cannot be applied.
+ALTER TABLE {{.Inbox}}.dead_letters ADD CONSTRAINT dead_letters_redacted_is_closed
+    CHECK (redacted_at IS NULL OR status IN ('resolved', 'replayed', 'dropped'));
+COMMENT ON COLUMN {{.Inbox}}.dead_letters.edited_payload IS 'The corrected payload a redrive applied instead of payload (Inbox.RedriveEdited), NULL when none. The audit log keeps only its SHA-256 and size.';
+COMMENT ON COLUMN {{.Inbox}}.dead_letters.redacted_at IS 'When the sweeper''s redact job replaced payload (and edited_payload) with empty bytes and removed the configured headers (RedactAfter after resolved_at). NULL: as received.';
+
+CREATE TABLE {{.Outbox}}.legal_holds (
+    id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    topic          text,
+    key            text,
+    tenant_header  text,
+    tenant         text,
+    reason         text        NOT NULL,
+    actor          text        NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    released_at    timestamptz,
+    released_by    text,
+    release_reason text,
+    CONSTRAINT legal_holds_key_or_tenant CHECK ((key IS NULL) <> (tenant IS NULL)),
+    CONSTRAINT legal_holds_tenant_has_header CHECK ((tenant IS NULL) = (tenant_header IS NULL)),
+    CONSTRAINT legal_holds_not_empty CHECK (key <> '' AND tenant <> '' AND tenant_header <> '' AND topic <> ''),
+    CONSTRAINT legal_holds_reason_not_empty CHECK (reason <> '' AND actor <> ''),
+    CONSTRAINT legal_holds_release_complete CHECK ((released_at IS NULL) = (released_by IS NULL)
+                                                   AND (released_at IS NULL) = (release_reason IS NULL))
+);
+COMMENT ON TABLE {{.Outbox}}.legal_holds IS 'Legal holds: while a hold is active (released_at IS NULL), neither retention (deletion) nor redaction touches the rows of its key or tenant in outbox.messages, outbox.attempts, inbox.processed and inbox.dead_letters. Rows are never deleted: a release is recorded on the row and in the audit log.';
+COMMENT ON COLUMN {{.Outbox}}.legal_holds.id IS 'Hold id (outboxkit hold release ID).';
+COMMENT ON COLUMN {{.Outbox}}.legal_holds.topic IS 'Only rows of this topic (the topic column of each table: the outbox topic, or the broker topic the inbox saw); NULL: every topic.';
+COMMENT ON COLUMN {{.Outbox}}.legal_holds.key IS 'Ordering key held (messages.key, processed.key, dead_letters.key); NULL for a tenant hold.';
+COMMENT ON COLUMN {{.Outbox}}.legal_holds.tenant_header IS 'Name of the header that carries the tenant (exact, case-sensitive), recorded with the hold so the sweeper needs no configuration to match it; NULL for a key hold.';
+COMMENT ON COLUMN {{.Outbox}}.legal_holds.tenant IS 'Tenant held: rows whose tenant_header header has exactly this value (messages.headers, dead_letters.headers, and inbox.processed rows of such events); NULL for a key hold.';
+COMMENT ON COLUMN {{.Outbox}}.legal_holds.reason IS 'Why the hold was placed (case or matter reference).';
+COMMENT ON COLUMN {{.Outbox}}.legal_holds.actor IS 'Who placed the hold.';
+COMMENT ON COLUMN {{.Outbox}}.legal_holds.created_at IS 'When the hold was placed.';
+COMMENT ON COLUMN {{.Outbox}}.legal_holds.released_at IS 'When the hold was released; NULL while active. Retention and redaction resume for the rows at their next run.';
+COMMENT ON COLUMN {{.Outbox}}.legal_holds.released_by IS 'Who released the hold.';
+COMMENT ON COLUMN {{.Outbox}}.legal_holds.release_reason IS 'Why the hold was released.';
+-- Every retention and redaction statement reads the active holds once: this
+-- keeps that read (and "is key K held?") small however many released holds
+-- the table keeps over the years.
+CREATE INDEX legal_holds_active_idx ON {{.Outbox}}.legal_holds (key, tenant) WHERE released_at IS NULL;
