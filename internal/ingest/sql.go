@@ -39,7 +39,7 @@ SELECT id FROM ins`
 	// that a second operator acting on the same row at once is told so
 	// instead of waiting for a broker round trip.
 	lockSQL = `SELECT d.ingested_from, d.status, d.event_id, d.payload, d.headers, d.source,
-       to_jsonb(d) - 'payload' - 'headers' || jsonb_build_object('payload_bytes', length(d.payload))
+       to_jsonb(d) - 'payload' - 'edited_payload' - 'headers' || jsonb_build_object('payload_bytes', length(d.payload))
   FROM {{I}}.dead_letters d WHERE d.id = $1
    FOR UPDATE NOWAIT`
 
@@ -49,7 +49,7 @@ SELECT id FROM ins`
 	setStatusSQL = `UPDATE {{I}}.dead_letters d
    SET status = $3, resolved_at = CASE WHEN $3 = 'parked' THEN NULL ELSE now() END
  WHERE d.id = $1 AND d.status = $2 AND d.ingested_from IS NOT NULL
-RETURNING to_jsonb(d) - 'payload' - 'headers' || jsonb_build_object('payload_bytes', length(d.payload))`
+RETURNING to_jsonb(d) - 'payload' - 'edited_payload' - 'headers' || jsonb_build_object('payload_bytes', length(d.payload))`
 
 	auditSQL = `INSERT INTO {{O}}.audit_log (actor, action, target_kind, target_ids, reason, before, after, details)
 VALUES ($1, $2, 'dead_letter', $3, $4, $5, $6, $7)`
