@@ -24,6 +24,7 @@ const (
 	BreakerThresholdDefault    = 5
 	BreakerBackoffBaseDefault  = time.Second
 	BreakerBackoffMaxDefault   = 30 * time.Second
+	RequestPollIntervalDefault = 2 * time.Second
 	maxConsumerLen             = 200
 	maxConsumerVersionLen      = 200
 	maxAuditActorOrReasonBytes = 4096
@@ -86,6 +87,13 @@ type Config struct {
 	// offset).
 	StartLanesAtFirstSeen bool
 
+	// RequestPollInterval is how often ServeRequests (started by the
+	// inbox/kafka and inbox/rabbitmq consumers' Run) looks for operator
+	// requests on this consumer's dead letters: outboxkit dlq replay, edit,
+	// and the release of a key after a drop (default 2s). Negative: never;
+	// call ProcessRequests yourself.
+	RequestPollInterval time.Duration
+
 	// Breaker configures the circuit breaker that stops taking deliveries
 	// while a dependency is down.
 	Breaker BreakerConfig
@@ -139,6 +147,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.HandlerTimeout == 0 {
 		c.HandlerTimeout = HandlerTimeoutDefault
+	}
+	if c.RequestPollInterval == 0 {
+		c.RequestPollInterval = RequestPollIntervalDefault
 	}
 	if c.OnPark == "" {
 		c.OnPark = OnParkBlock

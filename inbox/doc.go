@@ -189,6 +189,19 @@
 // ignores the breaker and runs each event once, so an operator sees the
 // result at once.
 //
+// # Operator requests
+//
+// outboxkit dlq replay, edit, redrive and drop (and the dashboard) cannot
+// run a consumer's handlers, so for inbox dead letters they record a request
+// in dead_letter_requests. ProcessRequests runs the pending requests of
+// this consumer in the order they were made, with Redrive or RedriveEdited
+// (the requester is the actor), or applies the events that waited behind a
+// dropped head (a release); it records each outcome on the request in the
+// transaction that applies the event, so a request is applied once even
+// when several processes of the consumer run requests. ServeRequests calls
+// it every Config.RequestPollInterval (2s); the inbox/kafka and
+// inbox/rabbitmq consumers run ServeRequests while their Run is active.
+//
 // # Batches
 //
 // HandleBatch applies a run of deliveries in one transaction when each is

@@ -33,6 +33,7 @@ type Inbox struct {
 	pool    *pgxpool.Pool
 	cfg     Config
 	sql     statements
+	rq      requestStatements // operator requests (requests.go)
 	log     *slog.Logger
 	breaker *breaker
 	actor   string // audit actor of the inbox's own actions
@@ -69,6 +70,7 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Inbox, error) {
 		pool:      pool,
 		cfg:       c,
 		sql:       renderStatements(pgutil.Ident(c.Schema), pgutil.Ident(c.OutboxSchema)),
+		rq:        renderRequestStatements(pgutil.Ident(c.Schema)),
 		log:       c.Logger.With(slog.String("consumer", c.Consumer)),
 		actor:     "inbox:" + c.Consumer,
 		metrics:   c.Metrics.forConsumer(c.Consumer),

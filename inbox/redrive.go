@@ -38,7 +38,7 @@ import (
 // Redrive needs the consumer's handlers, so it runs in a process where they
 // are registered (for example an admin endpoint of the consumer service).
 func (in *Inbox) Redrive(ctx context.Context, deadLetterID int64, actor, reason string) error {
-	return in.redrive(ctx, deadLetterID, nil, actor, reason)
+	return in.redrive(ctx, deadLetterID, nil, actor, reason, 0)
 }
 
 // RedriveEdited is Redrive with a corrected payload. The dead letter keeps
@@ -50,10 +50,12 @@ func (in *Inbox) RedriveEdited(ctx context.Context, deadLetterID int64, payload 
 	if payload == nil {
 		payload = []byte{}
 	}
-	return in.redrive(ctx, deadLetterID, payload, actor, reason)
+	return in.redrive(ctx, deadLetterID, payload, actor, reason, 0)
 }
 
-func (in *Inbox) redrive(ctx context.Context, id int64, payload []byte, actor, reason string) error {
+// redrive applies dead letter id; request, when not 0, is the operator
+// request (dead_letter_requests) it runs, settled with the outcome.
+func (in *Inbox) redrive(ctx context.Context, id int64, payload []byte, actor, reason string, request int64) error {
 	if strings.TrimSpace(actor) == "" || strings.TrimSpace(reason) == "" {
 		return fmt.Errorf("%w: an actor (who) and a reason (why) are required for the audit log", ErrNotRedrivable)
 	}
@@ -77,7 +79,7 @@ func (in *Inbox) redrive(ctx context.Context, id int64, payload []byte, actor, r
 		return fmt.Errorf("%w: dead letter %d is %s, not parked", ErrNotRedrivable, id, r.status)
 	}
 	if _, err := in.applyDeadLetter(ctx, r, applyMode{redrive: true, payload: payload, action: "redrive",
-		actor: actor, reason: reason}); err != nil {
+		actor: actor, reason: reason, request: request}); err != nil {
 		return err
 	}
 	if r.key == "" {
@@ -121,6 +123,7 @@ type applyMode struct {
 	payload       []byte // edited payload; nil: the stored one
 	action        string // audit action: redrive or release
 	actor, reason string
+	request       int64 // operator request settled with the outcome; 0: none
 }
 
 // applyDeadLetter applies dead letter r in one transaction under its lane's
@@ -263,6 +266,12 @@ func (in *Inbox) applyDeadLetter(ctx context.Context, r *dlRow, mode applyMode) 
 		}
 	}
 	after := map[string]any{"status": "resolved"}
+	if mode.request != 0 {
+		details["request_id"] = mode.request
+		if err := in.settleRequest(hctx, tx, mode.request, "applied", fmt.Sprintf("applied (%s)", details["outcome"])); err != nil {
+			return false, err
+		}
+	}
 	if err := in.audit(hctx, tx, mode.action, mode.actor, mode.reason, targetsOf(r.id, &ev.ID), before, after, details); err != nil {
 		return false, err
 	}
@@ -330,6 +339,12 @@ func (in *Inbox) failDeadLetter(ctx context.Context, r *dlRow, m *message, mode 
 	}
 	after := map[string]any{"status": "parked", "error_class": class, "attempts": attempts}
 	details := map[string]any{"outcome": "failed", "error": errorText(cause), "consumer_version": in.cfg.ConsumerVersion}
+	if mode.request != 0 {
+		details["request_id"] = mode.request
+		if err := in.settleRequest(ctx, tx, mode.request, "failed", fmt.Sprintf("failed again [%s]: %s", class, errorText(cause))); err != nil {
+			return err
+		}
+	}
 	if err := in.audit(ctx, tx, mode.action, mode.actor, mode.reason, targetsOf(r.id, r.eventID), before, after, details); err != nil {
 		return err
 	}

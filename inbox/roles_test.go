@@ -85,6 +85,35 @@ func TestWorksWithTheConsumerRole(t *testing.T) {
 	if got := b.effectOrder("gap"); fmt.Sprint(got) != "[1 2]" {
 		t.Fatalf("gap lane applied %v", got)
 	}
+
+	// An operator's request (recorded by the operator role) is run and
+	// settled under the consumer role; the consumer cannot make requests.
+	fail = true
+	e4 := event("k", 4)
+	b.fail.set(func(ev *inbox.Event) error {
+		if fail && ev.ID == e4.id {
+			return inbox.Permanent(errors.New("refused"))
+		}
+		return nil
+	})
+	b.expect(e4.delivery(), inbox.Parked)
+	fail = false
+	if _, err := b.db.Pool.Exec(ctx, `INSERT INTO inbox.dead_letter_requests (consumer, dead_letter_id, action, requested_by, reason)
+		VALUES ('billing', $1, 'replay', 'alice', 'fixed')`, b.deadLetter(e4.id).ID); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := b.in.ProcessRequests(ctx); err != nil || n != 1 {
+		t.Fatalf("ProcessRequests under the consumer role: %d %v", n, err)
+	}
+	var status string
+	b.db.Pool.QueryRow(ctx, `SELECT status FROM inbox.dead_letter_requests`).Scan(&status)
+	if got := b.effectOrder("k"); fmt.Sprint(got) != "[1 2 3 4]" || status != "applied" {
+		t.Fatalf("applied %v, request %s", got, status)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO inbox.dead_letter_requests (consumer, dead_letter_id, action, requested_by, reason)
+		VALUES ('billing', 1, 'replay', 'mallory', 'self-service')`); err == nil || !strings.Contains(err.Error(), "42501") {
+		t.Errorf("the consumer role may record requests: %v", err)
+	}
 }
 
 func dropRoles(db *testenv.DB, prefix string) {

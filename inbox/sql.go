@@ -240,3 +240,33 @@ func renderStatements(inboxIdent, outboxIdent string) statements {
 		headClass: r(headClassSQL), findMalformed: r(findMalformedSQL), earlierInLane: r(earlierInLaneSQL),
 	}
 }
+
+// Operator requests (dead_letter_requests): recorded by the operator tools,
+// run by the consumer. A request is settled in the transaction that applies
+// its dead letter (or records the new failure), so its outcome and the
+// application commit together.
+const (
+	// pendingRequestsSQL: this consumer's pending requests in request order
+	// (dead_letter_requests_pending_idx), with the lane of their dead letter.
+	pendingRequestsSQL = `SELECT r.id, r.dead_letter_id, r.action, r.payload, r.requested_by, r.reason, d.topic, d.key
+  FROM {{I}}.dead_letter_requests r
+  JOIN {{I}}.dead_letters d ON d.id = r.dead_letter_id
+ WHERE r.consumer = $1 AND r.status = 'pending'
+ ORDER BY r.id
+ LIMIT $2`
+
+	// settleRequestSQL: only a pending request is settled, so that two
+	// processes of one consumer never record two outcomes.
+	settleRequestSQL = `UPDATE {{I}}.dead_letter_requests
+   SET status = $2, done_at = now(), done_by = $3, outcome = $4
+ WHERE id = $1 AND status = 'pending'`
+)
+
+type requestStatements struct {
+	pending, settle string
+}
+
+func renderRequestStatements(inboxIdent string) requestStatements {
+	r := strings.NewReplacer("{{I}}", inboxIdent).Replace
+	return requestStatements{pending: r(pendingRequestsSQL), settle: r(settleRequestSQL)}
+}

@@ -191,11 +191,52 @@ func TestRolesLeastPrivilege(t *testing.T) {
 	mustDeny(t, operator, "operator", `DELETE FROM outbox.legal_holds`)
 	mustDeny(t, operator, "operator", `UPDATE outbox.legal_holds SET key = 'other'`)
 
+	// Operator on inbox dead letters: records a replay request for the
+	// consumer, and drops a dead letter (which cancels that request).
+	var dl int64
+	if err := db.Pool.QueryRow(ctx, `INSERT INTO inbox.dead_letters (consumer, consumer_version, topic, payload, error, error_class,
+		attempts, status, first_failed_at, last_failed_at) VALUES ('billing', 'v1', 't', '\x00', 'boom', 'permanent', 1, 'parked', now(), now())
+		RETURNING id`).Scan(&dl); err != nil {
+		t.Fatal(err)
+	}
+	inboxRef := ops.Ref{Kind: ops.KindInbox, ID: dl}
+	if out, err := store.Replay(ctx, ops.Action{Actor: "op", Reason: "test"}, inboxRef); err != nil || out.Request == 0 {
+		t.Fatalf("operator inbox replay request: %v %v", out, err)
+	}
+	if _, err := store.Drop(ctx, ops.Action{Actor: "op", Reason: "test"}, inboxRef); err != nil {
+		t.Fatalf("operator inbox drop: %v", err)
+	}
+	mustDeny(t, operator, "operator", `DELETE FROM inbox.dead_letter_requests`)
+	mustDeny(t, operator, "operator", `UPDATE inbox.dead_letter_requests SET payload = '\x00'`)
+
+	// The two-person rule: only the owner switches it; operators ask for
+	// and decide approvals, and cannot change what an approval runs.
+	on := true
+	if _, err := store.SetSettings(ctx, ops.Action{Actor: "op", Reason: "test"}, ops.SettingsChange{TwoPersonRule: &on}); !errors.Is(err, ops.ErrSettingsOwner) {
+		t.Errorf("operator changes the settings: %v", err)
+	}
+	if _, err := db.Pool.Exec(ctx, `UPDATE outbox.settings SET two_person_rule = true, updated_by = 'dba'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Restore(ctx, ops.Action{Actor: "op", Reason: "test"}, inboxRef); err != nil {
+		t.Fatalf("operator inbox restore: %v", err)
+	}
+	ap, err := store.RequestApproval(ctx, ops.Action{Actor: "op", Reason: "test"}, ops.ApprovalSpec{Verb: "drop", Refs: []ops.Ref{inboxRef}})
+	if err != nil {
+		t.Fatalf("operator asks for an approval: %v", err)
+	}
+	if outs, err := store.Approve(ctx, ops.Action{Actor: "op2", Reason: "test"}, ap.ID, ops.RedriveOptions{}); err != nil || len(outs) != 1 || outs[0].Result != "dropped" {
+		t.Fatalf("operator approves: %v %v", outs, err)
+	}
+	mustDeny(t, operator, "operator", `UPDATE outbox.approvals SET refs = '{o:1}'`)
+	mustDeny(t, operator, "operator", `UPDATE outbox.settings SET two_person_rule = false`)
+	mustDeny(t, operator, "operator", `DELETE FROM outbox.approvals`)
+
 	// Auditor: reads everything, writes nothing.
 	auditor := loginAs(t, db, prefix, "auditor")
 	var n int
-	if err := auditor.QueryRow(ctx, `SELECT count(*) FROM outbox.audit_log`).Scan(&n); err != nil || n != 4 {
-		t.Errorf("auditor reads the audit log: %d entries, %v (want park, replay, hold, release)", n, err)
+	if err := auditor.QueryRow(ctx, `SELECT count(*) FROM outbox.audit_log`).Scan(&n); err != nil || n != 10 {
+		t.Errorf("auditor reads the audit log: %d entries, %v (want park, replay, hold, release, inbox replay request, drop, restore, approval request, approval, drop)", n, err)
 	}
 	if err := auditor.QueryRow(ctx, `SELECT count(*) FROM outbox.legal_holds`).Scan(&n); err != nil || n != 1 {
 		t.Errorf("auditor reads the legal holds: %d, %v", n, err)

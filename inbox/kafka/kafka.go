@@ -146,7 +146,9 @@ var ErrAlreadyRunning = errors.New("inbox/kafka: consumer is running already")
 // flight are rolled back (their records are delivered again), the offsets of
 // settled records are committed, and the consumer leaves its group. Run
 // returns nil after a stop by ctx; errors of the brokers are retried with
-// backoff, never returned.
+// backoff, never returned. While it runs, the operator requests on the
+// consumer's dead letters (outboxkit dlq replay, edit, drop) are run too
+// (inbox.Inbox.ServeRequests).
 func (c *Consumer) Run(ctx context.Context) error {
 	c.mu.Lock()
 	if c.running {
@@ -172,6 +174,15 @@ func (c *Consumer) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	// Operator requests on this consumer's dead letters (outboxkit dlq
+	// replay, edit, drop) run here, where the handlers are.
+	reqCtx, stopRequests := context.WithCancel(ctx)
+	var requests sync.WaitGroup
+	requests.Go(func() { c.in.ServeRequests(reqCtx) }) //nolint:errcheck // it returns nil when reqCtx ends
+	defer func() {
+		stopRequests()
+		requests.Wait()
+	}()
 	start := kafkago.FirstOffset
 	if c.cfg.StartFromLatest {
 		start = kafkago.LastOffset

@@ -157,7 +157,9 @@ func redact(u string) string {
 // connection is lost (a broker restart, a network cut). It returns nil
 // after a stop by ctx. Deliveries not yet settled when the connection is
 // lost or the consumer stops are not acknowledged: the broker delivers them
-// again, and the inbox recognises the ones it applied.
+// again, and the inbox recognises the ones it applied. While it runs, the
+// operator requests on the consumer's dead letters (outboxkit dlq replay,
+// edit, drop) are run too (inbox.Inbox.ServeRequests).
 func (c *Consumer) Run(ctx context.Context) error {
 	c.mu.Lock()
 	if c.running {
@@ -182,6 +184,15 @@ func (c *Consumer) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	// Operator requests on this consumer's dead letters (outboxkit dlq
+	// replay, edit, drop) run here, where the handlers are.
+	reqCtx, stopRequests := context.WithCancel(ctx)
+	var requests sync.WaitGroup
+	requests.Go(func() { c.in.ServeRequests(reqCtx) }) //nolint:errcheck // it returns nil when reqCtx ends
+	defer func() {
+		stopRequests()
+		requests.Wait()
+	}()
 	failures := 0
 	for {
 		connected, err := c.session(ctx)

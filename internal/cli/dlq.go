@@ -39,6 +39,23 @@ Parked outbox events (o:<id>) and inbox dead letters (i:<id>), in one place.
                          copy messages the brokers dead-lettered themselves
                          into the dead letters (see dlq ingest -h); replay of
                          such a row republishes it to where it came from
+  approvals [--all]      approvals waiting for a second operator (two-person rule)
+  approve ID             approve and run one (not your own; before it expires)
+  reject ID              refuse one (or withdraw your own)
+  settings               show the settings; the tables' owner changes them:
+                         --two-person-rule on|off --approval-ttl 1h
+                         --distinct-logins on|off
+
+With the two-person rule on, redrive (without --dry-run), drop and edit do not
+run: they record exactly what would run as a pending approval, print its id
+and exit; a second operator runs it with "dlq approve ID --reason R".
+
+Inbox dead letters are applied by their consumer, where the handlers are:
+replay and edit of i:<id> (and redrive --kind inbox) record a request that
+the running consumer applies within seconds, in key order; dlq show and list
+show each request's outcome, and --wait waits for it. A drop of the head of
+a blocked key moves the key past it and asks the consumer to apply the
+events that waited behind it.
 
 Every action needs --reason and an actor (--actor, $OUTBOXKIT_ACTOR, else your
 OS user name) and is written to outbox.audit_log with before and after.
@@ -61,6 +78,7 @@ type opsFlags struct {
 	ctype   string
 	brokers brokerConnFlags // replay of ingested broker dead letters
 	pool    *pgxpool.Pool   // set by openStore
+	wait    time.Duration
 }
 
 func (o *opsFlags) register(fs *flag.FlagSet, env *Env) {
@@ -176,11 +194,15 @@ func printJSON(w io.Writer, v any) error {
 func runDLQ(ctx context.Context, env *Env, args []string) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		fmt.Fprintf(env.Stderr, "Usage: outboxkit %s\n", dlqUsage)
-		return usageError("expected a verb: list, show, replay, redrive, drop, restore or edit")
+		return usageError("expected a verb: list, show, replay, redrive, drop, restore, edit, ingest, approvals, approve, reject or settings")
 	}
 	verb, args := args[0], args[1:]
 	if verb == "ingest" {
 		return runDLQIngest(ctx, env, args)
+	}
+	switch verb {
+	case "approve", "approvals", "reject", "settings":
+		return runApprovals(ctx, env, verb, args) // the two-person rule (approvals.go)
 	}
 	fs := newFlagSet(env, "dlq "+verb, dlqUsage)
 	var o opsFlags
@@ -195,6 +217,10 @@ func runDLQ(ctx context.Context, env *Env, args []string) error {
 	}
 	if verb == "replay" {
 		o.brokers.register(fs, env)
+	}
+	switch verb {
+	case "replay", "redrive", "drop", "edit":
+		fs.DurationVar(&o.wait, "wait", 0, "inbox dead letters: wait up to this long for the consumer to run the requests, and print their outcomes")
 	}
 	if verb == "edit" {
 		fs.StringVar(&o.payload, "payload-file", "", "file with the corrected payload (- for stdin)")
@@ -234,11 +260,11 @@ func runDLQ(ctx context.Context, env *Env, args []string) error {
 			return nil
 		}
 		tw := tabwriter.NewWriter(out, 0, 2, 2, ' ', 0)
-		fmt.Fprintln(tw, "REF\tSTATUS\tTOPIC\tKEY\tSEQ\tTYPE\tCONSUMER\tATTEMPTS\tCLASS\tERROR\tWAITING")
+		fmt.Fprintln(tw, "REF\tSTATUS\tTOPIC\tKEY\tSEQ\tTYPE\tCONSUMER\tATTEMPTS\tCLASS\tERROR\tWAITING\tREQUEST")
 		for _, it := range items {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s v%d\t%s\t%d\t%s\t%s\t%d\n", it.Ref, it.Status, it.Topic,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s v%d\t%s\t%d\t%s\t%s\t%d\t%s\n", it.Ref, it.Status, it.Topic,
 				escapeControls(it.Key), it.Sequence, it.Type, it.Version, it.Consumer, it.Attempts, it.ErrorClass,
-				oneLine(it.Error, 60), it.Waiting)
+				oneLine(it.Error, 60), it.Waiting, requestSummary(it.Request))
 		}
 		return tw.Flush()
 	case "show":
@@ -273,8 +299,10 @@ func runDLQ(ctx context.Context, env *Env, args []string) error {
 		if err != nil {
 			return err
 		}
-		if f.Kind == ops.KindInbox || f.Consumer != "" {
-			return usageError("redrive of inbox dead letters runs in the consumer: use its Redrive, or replay i:<id>")
+		if !o.dryRun {
+			if asked, err := o.approvalInstead(ctx, env, store, a, ops.ApprovalSpec{Verb: "redrive", Filter: &f, PerSec: o.rate}); asked || err != nil {
+				return err
+			}
 		}
 		opt := ops.RedriveOptions{DryRun: o.dryRun, PerSec: o.rate}
 		if !o.json && !o.dryRun {
@@ -287,7 +315,7 @@ func runDLQ(ctx context.Context, env *Env, args []string) error {
 		if err != nil {
 			return err
 		}
-		return printOutcomes(out, outs, o.json)
+		return o.printOutcomesWaiting(ctx, env, store, outs)
 	}
 	// The single-event actions.
 	a, err := o.action()
@@ -308,6 +336,19 @@ func runDLQ(ctx context.Context, env *Env, args []string) error {
 			payload, err = os.ReadFile(o.payload)
 		}
 		if err != nil {
+			return err
+		}
+	}
+	if verb == "drop" || verb == "edit" {
+		spec := ops.ApprovalSpec{Verb: verb, Payload: payload, ContentType: o.ctype}
+		for _, text := range refs {
+			ref, err := store.ParseRef(ctx, text)
+			if err != nil {
+				return usageError("%v", err)
+			}
+			spec.Refs = append(spec.Refs, ref)
+		}
+		if asked, err := o.approvalInstead(ctx, env, store, a, spec); asked || err != nil {
 			return err
 		}
 	}
@@ -343,7 +384,7 @@ func runDLQ(ctx context.Context, env *Env, args []string) error {
 		}
 		outs = append(outs, o2)
 	}
-	if err := printOutcomes(out, outs, o.json); err != nil {
+	if err := o.printOutcomesWaiting(ctx, env, store, outs); err != nil {
 		return err
 	}
 	return failed
@@ -440,5 +481,74 @@ func printDetail(out io.Writer, d *ops.Detail) {
 			fmt.Fprintln(out, escapeControls(line))
 		}
 	}
+	if len(d.Requests) > 0 {
+		fmt.Fprintln(out, "requests")
+		for _, r := range d.Requests {
+			fmt.Fprintln(out, "  "+escapeControls(requestLine(r)))
+		}
+	}
 	fmt.Fprintf(out, "payload (%d bytes)\n%s\n", d.PayloadBytes, renderPayload(d.Payload))
+}
+
+// requestSummary is the short form of an inbox request for dlq list.
+func requestSummary(r *ops.Request) string {
+	if r == nil {
+		return ""
+	}
+	return fmt.Sprintf("#%d %s %s", r.ID, r.Action, r.Status)
+}
+
+// requestLine is one inbox request with who, when and its outcome.
+func requestLine(r ops.Request) string {
+	line := fmt.Sprintf("#%d %s %s: requested by %s at %s (%s)", r.ID, r.Action, r.Status, r.RequestedBy,
+		r.RequestedAt.Format(time.RFC3339), oneLine(r.Reason, 80))
+	if r.PayloadBytes != nil {
+		line += fmt.Sprintf(", corrected payload %d bytes", *r.PayloadBytes)
+	}
+	if r.DoneAt != nil {
+		line += fmt.Sprintf("; done at %s by %s", r.DoneAt.Format(time.RFC3339), r.DoneBy)
+	}
+	if r.Outcome != "" {
+		line += ": " + oneLine(r.Outcome, 200)
+	}
+	return line
+}
+
+// printOutcomesWaiting prints the outcomes of an action; with --wait it
+// then waits for the inbox requests it made and prints how they ended.
+func (o *opsFlags) printOutcomesWaiting(ctx context.Context, env *Env, store *ops.Store, outs []ops.Outcome) error {
+	var ids []int64
+	for _, out := range outs {
+		if out.Request != 0 {
+			ids = append(ids, out.Request)
+		}
+	}
+	if o.wait <= 0 || len(ids) == 0 {
+		return printOutcomes(env.Stdout, outs, o.json)
+	}
+	if !o.json {
+		if err := printOutcomes(env.Stdout, outs, false); err != nil {
+			return err
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, o.wait)
+	defer cancel()
+	reqs, err := store.WaitRequests(wctx, ids, 250*time.Millisecond)
+	if err != nil {
+		return err
+	}
+	if o.json {
+		return printJSON(env.Stdout, map[string]any{"outcomes": outs, "requests": reqs})
+	}
+	var unsettled error
+	for _, r := range reqs {
+		fmt.Fprintln(env.Stdout, escapeControls(requestLine(r)))
+		switch r.Status {
+		case "pending":
+			unsettled = errors.Join(unsettled, fmt.Errorf("request #%d is still pending after %s: is consumer %s running? (it runs requests while its Run is active)", r.ID, o.wait, r.Consumer))
+		case "failed", "refused":
+			unsettled = errors.Join(unsettled, fmt.Errorf("request #%d %s: %s", r.ID, r.Status, r.Outcome))
+		}
+	}
+	return unsettled
 }

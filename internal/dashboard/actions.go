@@ -42,7 +42,8 @@ func reason(r *http.Request) (string, string) {
 func opsError(err error) string {
 	switch {
 	case errors.Is(err, ops.ErrWrongStatus), errors.Is(err, ops.ErrNotFound), errors.Is(err, ops.ErrBadRef),
-		errors.Is(err, ops.ErrNoReason), errors.Is(err, ops.ErrNoActor):
+		errors.Is(err, ops.ErrNoReason), errors.Is(err, ops.ErrNoActor), errors.Is(err, ops.ErrRequestPending),
+		errors.Is(err, ops.ErrApprovalRequired):
 		return visible(err.Error())
 	}
 	return "The action failed and changed nothing: " + visible(pgutil.Redact(err.Error()))
@@ -87,6 +88,8 @@ func (s *server) eventAction(w http.ResponseWriter, r *http.Request, rc reqCtx) 
 	}
 	a := ops.Action{Actor: rc.sess.user, Reason: why}
 	var out ops.Outcome
+	var payload []byte
+	var ctype string
 	switch verb {
 	case "replay":
 		out, err = s.store.Replay(ctx, a, ref)
@@ -95,12 +98,25 @@ func (s *server) eventAction(w http.ResponseWriter, r *http.Request, rc reqCtx) 
 	case "restore":
 		out, err = s.store.Restore(ctx, a, ref)
 	case "edit":
-		payload, ctype, msg := editedPayload(r)
+		var msg string
+		payload, ctype, msg = editedPayload(r)
 		if msg != "" {
 			s.redirectFlash(w, r, rc, back, "error", msg)
 			return
 		}
 		out, err = s.store.Edit(ctx, a, ref, payload, ctype)
+	}
+	if errors.Is(err, ops.ErrApprovalRequired) {
+		// The two-person rule: record exactly this as an approval.
+		ap, aerr := s.store.RequestApproval(ctx, a, ops.ApprovalSpec{Verb: verb, Refs: []ops.Ref{ref}, Payload: payload, ContentType: ctype})
+		s.logAction(rc, "request approval of "+verb, ref.String(), aerr)
+		if aerr != nil {
+			s.redirectFlash(w, r, rc, back, "error", opsError(aerr))
+			return
+		}
+		s.redirectFlash(w, r, rc, back, "ok", fmt.Sprintf("The two-person rule is on: nothing ran. Approval #%d (%s %s) waits for a second operator: outboxkit dlq approve %d, before %s.",
+			ap.ID, verb, ref, ap.ID, ap.ExpiresAt.Format(time.RFC3339)))
+		return
 	}
 	s.logAction(rc, verb, ref.String(), err)
 	if err != nil {
@@ -109,6 +125,9 @@ func (s *server) eventAction(w http.ResponseWriter, r *http.Request, rc reqCtx) 
 	}
 	text := fmt.Sprintf("%s %s.", ref, out.Result)
 	switch {
+	case ref.Kind == ops.KindInbox && out.Request != 0 && verb != "drop":
+		text = fmt.Sprintf("%s: %s requested (#%d). Its consumer applies it when it next polls, within seconds while it runs; the requests below show the outcome.", ref, verb, out.Request)
+		out.Note = ""
 	case verb == "replay":
 		text += " The relay publishes it on its next round; this page shows when."
 	case out.NewRef != nil:
@@ -179,6 +198,20 @@ func (s *server) redrive(w http.ResponseWriter, r *http.Request, rc reqCtx) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), redriveTimeout)
 	defer cancel()
 	outs, err := s.store.Redrive(ctx, ops.Action{Actor: rc.sess.user, Reason: why}, of, ops.RedriveOptions{PerSec: d.Rate})
+	if errors.Is(err, ops.ErrApprovalRequired) {
+		// The two-person rule: record what the filter matches as an approval.
+		ap, aerr := s.store.RequestApproval(ctx, ops.Action{Actor: rc.sess.user, Reason: why},
+			ops.ApprovalSpec{Verb: "redrive", Filter: &of, PerSec: d.Rate})
+		s.logAction(rc, "request approval of redrive", f.Query(), aerr)
+		if aerr != nil {
+			d.Err = opsError(aerr)
+		} else {
+			d.Err = fmt.Sprintf("The two-person rule is on: nothing ran. Approval #%d (a redrive of %d events) waits for a second operator: outboxkit dlq approve %d, before %s.",
+				ap.ID, len(ap.Refs), ap.ID, ap.ExpiresAt.Format(time.RFC3339))
+		}
+		s.render(w, r, http.StatusAccepted, "redrive.html", s.pd(rc, "Bulk redrive", "redrive", d))
+		return
+	}
 	s.logAction(rc, "redrive", f.Query(), err)
 	if err != nil && len(outs) == 0 {
 		d.Err = opsError(err)

@@ -270,6 +270,7 @@ type eventData struct {
 	Replay  bool // parked: replay and edit
 	Drop    bool // parked or blocked
 	Restore bool // dropped
+	Inbox   bool // an inbox dead letter: replay and edit are requests its consumer runs
 }
 
 func (s *server) event(w http.ResponseWriter, r *http.Request, rc reqCtx) {
@@ -298,6 +299,12 @@ func (s *server) event(w http.ResponseWriter, r *http.Request, rc reqCtx) {
 		d.Headers = append(d.Headers, header{k, v})
 	}
 	sort.Slice(d.Headers, func(i, j int) bool { return d.Headers[i].Name < d.Headers[j].Name })
+	if ref.Kind == ops.KindInbox {
+		d.Inbox = true
+		d.Replay = det.Status == "parked"
+		d.Drop = det.Status == "parked"
+		d.Restore = det.Status == "dropped"
+	}
 	if ref.Kind == ops.KindOutbox {
 		d.Replay = det.Status == "parked"
 		d.Drop = det.Status == "parked" || det.Status == "blocked"

@@ -266,8 +266,16 @@ func TestPagesRender(t *testing.T) {
 	_, body = c.get("/events?kind=inbox")
 	ref := strings.Split(strings.Split(body, `href="/events/i:`)[1], `"`)[0]
 	_, body = c.get("/events/i:" + ref)
-	if !strings.Contains(body, "replayed by their consumer") || strings.Contains(body, `id="replay"`) {
+	if !strings.Contains(body, `id="replay"`) || !strings.Contains(body, "Asks consumer billing to apply it again") {
 		t.Errorf("dead letter page:\n%s", body)
+	}
+	resp, _ := c.post("/events/i:"+ref+"/replay", url.Values{"reason": {"INC-9 handler v9 deployed"}})
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("dead letter replay request: %d", resp.StatusCode)
+	}
+	if _, body = c.get(resp.Header.Get("Location")); !strings.Contains(body, "replay requested (#") || !strings.Contains(body, `id="requests"`) ||
+		!strings.Contains(body, "INC-9 handler v9 deployed") {
+		t.Errorf("dead letter replay request:\n%s", body)
 	}
 	_, body = c.get("/lanes")
 	if !strings.Contains(body, "payout-42") || !strings.Contains(body, `value="retry-head"`) {
@@ -328,5 +336,30 @@ func TestSamplerRunStops(t *testing.T) {
 	}
 	if _, err := dashboard.NewSampler(e.store, dashboard.SamplerConfig{Every: time.Millisecond}); err == nil {
 		t.Error("a 1ms interval was accepted")
+	}
+}
+
+// With the two-person rule on, a drop in the dashboard only records an
+// approval for a second operator; nothing is dropped.
+func TestTwoPersonRuleHoldsDashboardDrop(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	ids := seedParked(t, e.db.Pool, "payouts", "tp-1", []byte(`{"n":1}`))
+	if _, err := e.db.Pool.Exec(ctx, `UPDATE outbox.settings SET two_person_rule = true, updated_by = 'dba'`); err != nil {
+		t.Fatal(err)
+	}
+	c := e.client().signIn("alice", aliceToken)
+	resp, _ := c.post("/events/o:"+itoa(ids[0])+"/drop", url.Values{"reason": {"duplicate"}})
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("drop: %d", resp.StatusCode)
+	}
+	if _, body := c.get(resp.Header.Get("Location")); !strings.Contains(body, "The two-person rule is on: nothing ran. Approval #1 (drop o:") {
+		t.Errorf("no approval message:\n%s", body)
+	}
+	var requester, refs string
+	e.db.Pool.QueryRow(ctx, `SELECT requested_by, array_to_string(refs, ',') FROM outbox.approvals WHERE status = 'pending'`).Scan(&requester, &refs)
+	if requester != "alice" || refs != "o:"+itoa(ids[0]) || status(t, e.db.Pool, ids[0]) != "parked" {
+		t.Errorf("approval by %q of %q; event %s", requester, refs, status(t, e.db.Pool, ids[0]))
 	}
 }

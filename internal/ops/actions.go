@@ -15,6 +15,11 @@ import (
 type Action struct {
 	Actor  string
 	Reason string
+
+	// approval is set while an action approved under the two-person rule
+	// runs (approvals.go): its audit entries name the approval.
+	approval   int64
+	approvedBy string
 }
 
 func (a Action) check() error {
@@ -33,6 +38,9 @@ type Outcome struct {
 	Result string `json:"result"` // "replayed", "dropped", "restored", "edited", "skipped", "would replay"...
 	NewRef *Ref   `json:"new_ref,omitempty"`
 	Note   string `json:"note,omitempty"`
+	// Request is the inbox request the consumer runs (replay, edit, or the
+	// release of a key after a drop); 0 when none.
+	Request int64 `json:"request,omitempty"`
 }
 
 // inTx runs fn in a transaction.
@@ -63,6 +71,7 @@ func (s *Store) lock(ctx context.Context, tx pgx.Tx, ref Ref) (*locked, error) {
 }
 
 func (s *Store) audit(ctx context.Context, tx pgx.Tx, a Action, action string, ids []string, before, after json.RawMessage, details any) error {
+	details = a.withApproval(details)
 	var det []byte
 	if details != nil {
 		var err error
@@ -78,6 +87,9 @@ func (s *Store) audit(ctx context.Context, tx pgx.Tx, a Action, action string, i
 // budget. A lane it blocks stays blocked until the relay has published it,
 // so the lane's later events still follow it.
 func (s *Store) Replay(ctx context.Context, a Action, ref Ref) (Outcome, error) {
+	if ref.Kind == KindInbox {
+		return s.requestOnDeadLetter(ctx, a, ref, "replay", nil)
+	}
 	if err := a.check(); err != nil {
 		return Outcome{}, err
 	}
@@ -106,6 +118,12 @@ func (s *Store) Replay(ctx context.Context, a Action, ref Ref) (Outcome, error) 
 // forever; a lane that waited for the dropped event waits for the marker,
 // and its later events follow once the marker is published.
 func (s *Store) Drop(ctx context.Context, a Action, ref Ref) (Outcome, error) {
+	if err := s.needApproval(ctx, a, "drop"); err != nil {
+		return Outcome{}, err
+	}
+	if ref.Kind == KindInbox {
+		return s.dropDeadLetter(ctx, a, ref)
+	}
 	if err := a.check(); err != nil {
 		return Outcome{}, err
 	}
@@ -165,6 +183,9 @@ func (s *Store) releaseLane(ctx context.Context, tx pgx.Tx, topic, key string) e
 // published, consumers have moved past the event: Restore refuses, and the
 // event can only be sent again as a corrected copy of a parked event.
 func (s *Store) Restore(ctx context.Context, a Action, ref Ref) (Outcome, error) {
+	if ref.Kind == KindInbox {
+		return s.restoreDeadLetter(ctx, a, ref)
+	}
 	if err := a.check(); err != nil {
 		return Outcome{}, err
 	}
@@ -223,6 +244,15 @@ func (s *Store) Restore(ctx context.Context, a Action, ref Ref) (Outcome, error)
 // its status set to dropped, so it is never published. A lane that waited
 // for the original now waits for the copy.
 func (s *Store) Edit(ctx context.Context, a Action, ref Ref, payload []byte, contentType string) (Outcome, error) {
+	if err := s.needApproval(ctx, a, "edit"); err != nil {
+		return Outcome{}, err
+	}
+	if ref.Kind == KindInbox {
+		if contentType != "" {
+			return Outcome{}, fmt.Errorf("%s: the content type of an inbox dead letter comes from its stored headers; edit the payload only: %w", ref, ErrWrongStatus)
+		}
+		return s.requestOnDeadLetter(ctx, a, ref, "edit", payload)
+	}
 	if err := a.check(); err != nil {
 		return Outcome{}, err
 	}
@@ -266,35 +296,51 @@ type RedriveOptions struct {
 	Sleep    func(context.Context, time.Duration) error // for tests; default sleeps
 }
 
+// sleeper returns opt.Sleep, or a sleep that ends early with ctx.
+func (opt RedriveOptions) sleeper() func(context.Context, time.Duration) error {
+	if opt.Sleep != nil {
+		return opt.Sleep
+	}
+	return func(ctx context.Context, d time.Duration) error {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			return nil
+		}
+	}
+}
+
 // Redrive replays every parked outbox event matching f, in key order,
-// rate-limited. A dry run changes nothing and says what would happen.
+// rate-limited. A dry run changes nothing and says what would happen. With
+// f.Kind inbox (or f.Consumer set) it requests a replay of every parked
+// inbox dead letter matching f instead, in key order, rate-limited: each
+// consumer runs its requests in that order.
 func (s *Store) Redrive(ctx context.Context, a Action, f Filter, opt RedriveOptions) ([]Outcome, error) {
 	if err := a.check(); err != nil {
 		return nil, err
 	}
-	f.Kind, f.Dropped = KindOutbox, false
+	if !opt.DryRun {
+		if err := s.needApproval(ctx, a, "redrive"); err != nil {
+			return nil, err
+		}
+	}
 	if f.Limit <= 0 {
 		f.Limit = 10000
-	}
-	items, err := s.List(ctx, f)
-	if err != nil {
-		return nil, err
 	}
 	if opt.PerSec <= 0 {
 		opt.PerSec = 50
 	}
-	sleep := opt.Sleep
-	if sleep == nil {
-		sleep = func(ctx context.Context, d time.Duration) error {
-			t := time.NewTimer(d)
-			defer t.Stop()
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-t.C:
-				return nil
-			}
-		}
+	sleep := opt.sleeper()
+	if f.Kind == KindInbox || f.Consumer != "" {
+		return s.redriveInbox(ctx, a, f, opt, sleep)
+	}
+	f.Kind, f.Dropped = KindOutbox, false
+	items, err := s.List(ctx, f)
+	if err != nil {
+		return nil, err
 	}
 	gap := time.Duration(float64(time.Second) / opt.PerSec)
 	var outs []Outcome

@@ -35,6 +35,8 @@ var (
 type Store struct {
 	pool *pgxpool.Pool
 	sql  statements
+	in   inboxStatements    // inbox dead letters (inbox.go)
+	ap   approvalStatements // the two-person rule (approvals.go)
 }
 
 // New returns a Store on the given schemas (quoted wherever they reach SQL).
@@ -44,7 +46,9 @@ func New(pool *pgxpool.Pool, outboxSchema, inboxSchema string) (*Store, error) {
 			return nil, fmt.Errorf("schema %q: use 1-63 lower-case letters, digits and underscores", s)
 		}
 	}
-	return &Store{pool: pool, sql: renderStatements(pgutil.Ident(outboxSchema), pgutil.Ident(inboxSchema))}, nil
+	return &Store{pool: pool, sql: renderStatements(pgutil.Ident(outboxSchema), pgutil.Ident(inboxSchema)),
+		in: renderInboxStatements(pgutil.Ident(outboxSchema), pgutil.Ident(inboxSchema)),
+		ap: renderApprovalStatements(pgutil.Ident(outboxSchema))}, nil
 }
 
 // Kind is where a failed event lives.
@@ -97,15 +101,16 @@ func (s *Store) ParseRef(ctx context.Context, text string) (Ref, error) {
 
 // Filter selects failed events. Empty fields match everything.
 type Filter struct {
-	Kind      Kind // "" both
-	Topic     string
-	Key       string
-	Consumer  string // inbox only; setting it implies Kind inbox
-	Class     string
-	ErrorText string // case-insensitive substring of the error
-	From, To  time.Time
-	Dropped   bool // list dropped instead of parked/blocked
-	Limit     int  // default 100
+	Kind      Kind      `json:"kind,omitzero"` // "" both
+	Topic     string    `json:"topic,omitzero"`
+	Key       string    `json:"key,omitzero"`
+	Consumer  string    `json:"consumer,omitzero"` // inbox only; setting it implies Kind inbox
+	Class     string    `json:"class,omitzero"`
+	ErrorText string    `json:"error,omitzero"` // case-insensitive substring of the error
+	From      time.Time `json:"from,omitzero"`
+	To        time.Time `json:"to,omitzero"`
+	Dropped   bool      `json:"dropped,omitzero"` // list dropped instead of parked/blocked
+	Limit     int       `json:"limit,omitzero"`   // default 100
 }
 
 // Item is one failed event in a listing.
@@ -129,6 +134,7 @@ type Item struct {
 	LastFailedAt    time.Time `json:"last_failed_at"`
 	PayloadBytes    int       `json:"payload_bytes"`
 	Waiting         int       `json:"waiting,omitempty"` // later events of the key held behind it
+	Request         *Request  `json:"request,omitempty"` // inbox: the latest operator request and its outcome
 }
 
 // MarshalText makes Ref print as o:1 / i:2 in JSON.
@@ -205,6 +211,9 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Item, error) {
 		if err != nil {
 			return nil, err
 		}
+		if err := s.attachRequests(ctx, out); err != nil {
+			return nil, err
+		}
 	}
 	return out, nil
 }
@@ -243,6 +252,7 @@ type Detail struct {
 	// (x-death, original exchange and routing key, or original topic).
 	IngestedFrom string         `json:"ingested_from,omitempty"`
 	Origin       map[string]any `json:"origin,omitempty"`
+	Requests     []Request      `json:"requests,omitempty"` // inbox: operator requests, oldest first
 }
 
 // inboxHeaders reads inbox.dead_letters.headers as the inbox writes them
@@ -360,5 +370,8 @@ func (s *Store) Show(ctx context.Context, ref Ref) (*Detail, error) {
 		d.History = append(d.History, a)
 		return nil
 	})
+	if err == nil && ref.Kind == KindInbox {
+		d.Requests, err = s.requests(ctx, s.in.requestsOf, []int64{ref.ID})
+	}
 	return d, err
 }

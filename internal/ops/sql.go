@@ -284,3 +284,160 @@ func renderStatements(outboxIdent, inboxIdent string) statements {
 		insertSkipMarker: r(insertSkipMarkerSQL), findSkipMarker: r(findSkipMarkerSQL), dropMarker: r(dropMarkerSQL),
 	}
 }
+
+// Inbox dead letters: the operator records requests that the consumer runs
+// (inbox.Inbox.ProcessRequests), and drops or restores dead letters
+// directly. Locks are taken in the inbox's order: the lane row first, then
+// the dead letter.
+const (
+	// lockDeadLetterSQL is the audit "before" of a dead letter and what an
+	// action decides on, locked against the consumer and other operators.
+	lockDeadLetterSQL = `SELECT to_jsonb(d) - 'payload' - 'headers' || jsonb_build_object('payload_bytes', length(d.payload)),
+       d.status, d.consumer, coalesce(d.event_id::text, ''), d.topic, d.key, coalesce(d.sequence, 0),
+       coalesce(d.blocked_by, 0), d.waiting_for, coalesce(d.ingested_from, '')
+  FROM {{I}}.dead_letters d WHERE d.id = $1 FOR UPDATE`
+
+	deadLetterLaneSQL = `SELECT consumer, topic, key FROM {{I}}.dead_letters WHERE id = $1`
+
+	// lockInboxLaneSQL: the consumer's lane of the dead letter's key.
+	lockInboxLaneSQL = `SELECT last_sequence, coalesce(blocked_by, 0) FROM {{I}}.lanes
+ WHERE consumer = $1 AND topic = $2 AND key = $3 FOR UPDATE`
+
+	pendingRequestOfSQL = `SELECT id, action, requested_by, requested_at FROM {{I}}.dead_letter_requests
+ WHERE dead_letter_id = $1 AND status = 'pending'`
+
+	insertRequestSQL = `INSERT INTO {{I}}.dead_letter_requests (consumer, dead_letter_id, action, payload, requested_by, reason)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING id`
+
+	// cancelRequestsSQL: a drop or restore settles the pending requests of
+	// dead letter $1 before the consumer runs them.
+	cancelRequestsSQL = `UPDATE {{I}}.dead_letter_requests
+   SET status = 'cancelled', done_at = now(), done_by = $2, outcome = $3
+ WHERE dead_letter_id = $1 AND status = 'pending'
+RETURNING id`
+
+	dropDeadLetterSQL = `UPDATE {{I}}.dead_letters
+   SET status = 'dropped', resolved_at = now(), blocked_by = NULL, waiting_for = NULL
+ WHERE id = $1 AND status = 'parked'
+RETURNING to_jsonb(dead_letters) - 'payload' - 'headers'`
+
+	restoreDeadLetterSQL = `UPDATE {{I}}.dead_letters
+   SET status = 'parked', resolved_at = NULL, waiting_for = $2
+ WHERE id = $1 AND status = 'dropped'
+RETURNING to_jsonb(dead_letters) - 'payload' - 'headers'`
+
+	// openBehindSQL: is any dead letter of the lane still to be applied
+	// after sequence $4 (dead_letters_lane_idx)?
+	openBehindSQL = `SELECT count(*) FROM {{I}}.dead_letters
+ WHERE consumer = $1 AND topic = $2 AND key = $3 AND status IN ('parked', 'blocked') AND sequence > $4`
+
+	// setInboxLaneSQL moves a lane to last sequence $4, held by $5 (NULL:
+	// flowing). A drop moves the lane past the dropped head.
+	setInboxLaneSQL = `UPDATE {{I}}.lanes
+   SET last_sequence = $4, blocked_by = $5,
+       blocked_since = CASE WHEN $5::bigint IS NULL THEN NULL ELSE coalesce(blocked_since, now()) END,
+       updated_at = now()
+ WHERE consumer = $1 AND topic = $2 AND key = $3`
+
+	// lastInboxDropSQL: the audit details and "before" of the last drop of
+	// dead letter $1 (how its lane moved, the release request it made, the
+	// dead letter's state).
+	lastInboxDropSQL = `SELECT coalesce(details, '{}'), coalesce(before, '{}') FROM {{O}}.audit_log
+ WHERE action = 'drop' AND target_kind = 'inbox_dead_letter' AND target_ids[1] = $1::text
+ ORDER BY id DESC LIMIT 1`
+
+	requestStatusSQL = `SELECT status FROM {{I}}.dead_letter_requests WHERE id = $1 FOR UPDATE`
+
+	// requestsOfSQL: every request on the dead letters $1, oldest first.
+	requestsOfSQL = `SELECT id, dead_letter_id, consumer, action, status, requested_by, reason, requested_at, done_at,
+       coalesce(done_by, ''), coalesce(outcome, ''), length(payload)
+  FROM {{I}}.dead_letter_requests
+ WHERE dead_letter_id = ANY($1::bigint[])
+ ORDER BY dead_letter_id, id`
+
+	requestsByIDSQL = `SELECT id, dead_letter_id, consumer, action, status, requested_by, reason, requested_at, done_at,
+       coalesce(done_by, ''), coalesce(outcome, ''), length(payload)
+  FROM {{I}}.dead_letter_requests
+ WHERE id = ANY($1::bigint[])
+ ORDER BY id`
+
+	// blockedBehindSQL counts the dead letters blocked behind each of $1.
+	blockedBehindSQL = `SELECT blocked_by, count(*) FROM {{I}}.dead_letters
+ WHERE blocked_by = ANY($1::bigint[]) AND status = 'blocked'
+ GROUP BY blocked_by`
+)
+
+type inboxStatements struct {
+	lockDeadLetter, deadLetterLane, lockLane, pendingRequestOf, insertRequest string
+	cancelRequests, dropDeadLetter, restoreDeadLetter, openBehind, setLane    string
+	lastDrop, requestStatus, requestsOf, requestsByID, blockedBehind          string
+}
+
+func renderInboxStatements(outboxIdent, inboxIdent string) inboxStatements {
+	r := strings.NewReplacer("{{O}}", outboxIdent, "{{I}}", inboxIdent).Replace
+	return inboxStatements{
+		lockDeadLetter: r(lockDeadLetterSQL), deadLetterLane: r(deadLetterLaneSQL), lockLane: r(lockInboxLaneSQL),
+		pendingRequestOf: r(pendingRequestOfSQL), insertRequest: r(insertRequestSQL),
+		cancelRequests: r(cancelRequestsSQL), dropDeadLetter: r(dropDeadLetterSQL),
+		restoreDeadLetter: r(restoreDeadLetterSQL), openBehind: r(openBehindSQL), setLane: r(setInboxLaneSQL),
+		lastDrop: r(lastInboxDropSQL), requestStatus: r(requestStatusSQL), requestsOf: r(requestsOfSQL),
+		requestsByID: r(requestsByIDSQL), blockedBehind: r(blockedBehindSQL),
+	}
+}
+
+// Settings and the two-person rule (approvals.go).
+const (
+	settingsSQL = `SELECT two_person_rule, extract(epoch FROM approval_ttl)::float8, distinct_logins, updated_at, updated_by
+  FROM {{O}}.settings`
+
+	settingsStateSQL = `SELECT to_jsonb(s) FROM {{O}}.settings s FOR UPDATE`
+
+	// setSettingsSQL: NULL leaves a setting as it is.
+	setSettingsSQL = `UPDATE {{O}}.settings
+   SET two_person_rule = coalesce($1, two_person_rule),
+       approval_ttl = coalesce(make_interval(secs => $2), approval_ttl),
+       distinct_logins = coalesce($3, distinct_logins),
+       updated_at = now(), updated_by = $4
+RETURNING to_jsonb(settings)`
+
+	insertApprovalSQL = `INSERT INTO {{O}}.approvals (action, refs, filter, payload, payload_sha256, content_type, rate,
+    requested_by, reason, expires_at)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, now() + approval_ttl FROM {{O}}.settings
+RETURNING id, expires_at, requested_login`
+
+	approvalColumns = `id, action, refs, filter, payload, coalesce(payload_sha256, ''), coalesce(content_type, ''),
+       coalesce(rate, 0), requested_by, requested_login, reason, requested_at, expires_at, status,
+       coalesce(decided_by, ''), coalesce(decided_login, ''), decided_at, coalesce(decision_reason, ''), done_at, result,
+       expires_at <= now()`
+
+	lockApprovalSQL = `SELECT ` + approvalColumns + ` FROM {{O}}.approvals WHERE id = $1 FOR UPDATE`
+
+	listApprovalsSQL = `SELECT ` + approvalColumns + ` FROM {{O}}.approvals
+ WHERE ($1::boolean OR status = 'pending')
+ ORDER BY id DESC LIMIT $2`
+
+	// decideApprovalSQL takes a pending approval for one decision: it can
+	// only leave pending once, so an approval runs at most once.
+	decideApprovalSQL = `UPDATE {{O}}.approvals
+   SET status = $2, decided_by = $3, decided_login = session_user, decided_at = now(), decision_reason = $4
+ WHERE id = $1 AND status = 'pending'`
+
+	sessionUserSQL = `SELECT session_user::text`
+
+	finishApprovalSQL = `UPDATE {{O}}.approvals SET status = 'done', done_at = now(), result = $2
+ WHERE id = $1 AND status = 'running'`
+)
+
+type approvalStatements struct {
+	settings, settingsState, setSettings, insert, lock, list, decide, sessionUser, finish string
+}
+
+func renderApprovalStatements(outboxIdent string) approvalStatements {
+	r := strings.NewReplacer("{{O}}", outboxIdent).Replace
+	return approvalStatements{
+		settings: r(settingsSQL), settingsState: r(settingsStateSQL), setSettings: r(setSettingsSQL),
+		insert: r(insertApprovalSQL), lock: r(lockApprovalSQL), list: r(listApprovalsSQL),
+		decide: r(decideApprovalSQL), sessionUser: r(sessionUserSQL), finish: r(finishApprovalSQL),
+	}
+}

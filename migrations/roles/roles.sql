@@ -46,6 +46,9 @@ GRANT INSERT ON {{.Outbox}}.attempts, {{.Outbox}}.audit_log TO {{r "relay"}};
 GRANT SELECT, INSERT, UPDATE ON {{.Inbox}}.processed, {{.Inbox}}.lanes, {{.Inbox}}.dead_letters, {{.Inbox}}.attempts TO {{r "consumer"}};
 GRANT SELECT ON {{.Outbox}}.error_classes TO {{r "consumer"}};
 GRANT INSERT ON {{.Outbox}}.audit_log TO {{r "consumer"}};
+-- It runs the operators' requests on its dead letters and records their
+-- outcome; it never creates one.
+GRANT SELECT, UPDATE (status, done_at, done_by, outcome) ON {{.Inbox}}.dead_letter_requests TO {{r "consumer"}};
 
 -- Sweeper: recovery and retention. The only role that deletes rows, and
 -- only published events, their attempts, inbox records and dead relays.
@@ -65,6 +68,14 @@ GRANT SELECT, INSERT, UPDATE ON {{.Outbox}}.topic_policies TO {{r "operator"}};
 GRANT SELECT, INSERT ON {{.Outbox}}.audit_log TO {{r "operator"}};
 GRANT SELECT ON ALL TABLES IN SCHEMA {{.Outbox}}, {{.Inbox}} TO {{r "operator"}};
 GRANT UPDATE ON {{.Inbox}}.dead_letters, {{.Inbox}}.lanes TO {{r "operator"}};
+-- Requests on inbox dead letters for their consumer to run (replay, edit,
+-- release after a drop); a drop or restore cancels the pending ones.
+GRANT INSERT, UPDATE (status, done_at, done_by, outcome) ON {{.Inbox}}.dead_letter_requests TO {{r "operator"}};
+-- The two-person rule: operators ask for and decide approvals; what an
+-- approval runs (refs, payload, requester) cannot change once asked. The
+-- settings (the rule itself) are the owner's: operators only read them.
+GRANT INSERT, UPDATE (status, decided_by, decided_login, decided_at, decision_reason, done_at, result)
+    ON {{.Outbox}}.approvals TO {{r "operator"}};
 
 -- Auditor: reads everything, writes nothing.
 GRANT SELECT ON ALL TABLES IN SCHEMA {{.Outbox}}, {{.Inbox}} TO {{r "auditor"}};

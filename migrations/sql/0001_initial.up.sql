@@ -328,6 +328,80 @@ CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON {{.Outbox}}.audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION {{.Outbox}}.audit_log_append_only();
 
 -- ---------------------------------------------------------------------------
+-- Settings and the two-person rule.
+-- ---------------------------------------------------------------------------
+
+CREATE TABLE {{.Outbox}}.settings (
+    singleton       boolean     PRIMARY KEY DEFAULT true,
+    two_person_rule boolean     NOT NULL DEFAULT false,
+    approval_ttl    interval    NOT NULL DEFAULT '1 hour',
+    distinct_logins boolean     NOT NULL DEFAULT false,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    updated_by      text        NOT NULL,
+    CONSTRAINT settings_one_row CHECK (singleton),
+    CONSTRAINT settings_approval_ttl_positive CHECK (approval_ttl > interval '0')
+);
+COMMENT ON TABLE {{.Outbox}}.settings IS 'Team settings of the operator tools, one row. Only the owner of the outboxkit tables changes it (outboxkit dlq settings, audited); the operator role reads it.';
+COMMENT ON COLUMN {{.Outbox}}.settings.singleton IS 'Always true: the table has one row.';
+COMMENT ON COLUMN {{.Outbox}}.settings.two_person_rule IS 'When true, bulk redrive, drop and edit (CLI and dashboard) do not run when asked: they create a pending approval (outbox.approvals) that a second operator must approve. Default false.';
+COMMENT ON COLUMN {{.Outbox}}.settings.approval_ttl IS 'How long a pending approval can be approved (default 1 hour); after it, it expires and must be asked again.';
+COMMENT ON COLUMN {{.Outbox}}.settings.distinct_logins IS 'When true, the approver must also use another database login (session_user) than the requester, not only another actor name: actor names are declared by the operator, logins are authenticated by PostgreSQL.';
+COMMENT ON COLUMN {{.Outbox}}.settings.updated_at IS 'Last change.';
+COMMENT ON COLUMN {{.Outbox}}.settings.updated_by IS 'Who made the last change (actor), or migration.';
+INSERT INTO {{.Outbox}}.settings (updated_by) VALUES ('migration');
+
+CREATE TABLE {{.Outbox}}.approvals (
+    id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    action          text        NOT NULL,
+    refs            text[]      NOT NULL,
+    filter          jsonb,
+    payload         bytea,
+    payload_sha256  text,
+    content_type    text,
+    rate            double precision,
+    requested_by    text        NOT NULL,
+    requested_login text        NOT NULL DEFAULT session_user,
+    reason          text        NOT NULL,
+    requested_at    timestamptz NOT NULL DEFAULT now(),
+    expires_at      timestamptz NOT NULL,
+    status          text        NOT NULL DEFAULT 'pending',
+    decided_by      text,
+    decided_login   text,
+    decided_at      timestamptz,
+    decision_reason text,
+    done_at         timestamptz,
+    result          jsonb,
+    CONSTRAINT approvals_action_check CHECK (action IN ('redrive', 'drop', 'edit')),
+    CONSTRAINT approvals_status_check CHECK (status IN ('pending', 'running', 'done', 'rejected')),
+    CONSTRAINT approvals_edit_has_payload CHECK ((action = 'edit') = (payload IS NOT NULL)),
+    CONSTRAINT approvals_second_person CHECK (decided_by IS NULL OR status = 'rejected' OR decided_by <> requested_by),
+    CONSTRAINT approvals_decided CHECK ((status = 'pending') = (decided_at IS NULL)),
+    CONSTRAINT approvals_not_empty CHECK (requested_by <> '' AND reason <> '')
+);
+COMMENT ON TABLE {{.Outbox}}.approvals IS 'The two-person rule (settings.two_person_rule): a bulk redrive, drop or edit asked for while the rule is on waits here until a second operator approves it (outboxkit dlq approve), then runs exactly once with the approval named in its audit entries. Every request, approval and rejection is also in audit_log.';
+COMMENT ON COLUMN {{.Outbox}}.approvals.id IS 'Approval id, given to the approver.';
+COMMENT ON COLUMN {{.Outbox}}.approvals.action IS 'redrive, drop or edit.';
+COMMENT ON COLUMN {{.Outbox}}.approvals.refs IS 'Exactly what runs: the events (o:<id>) and dead letters (i:<id>), in the order they run. For a redrive, what the filter matched when it was asked; an approval never runs on more.';
+COMMENT ON COLUMN {{.Outbox}}.approvals.filter IS 'For a redrive: the filter given, for the approver to read.';
+COMMENT ON COLUMN {{.Outbox}}.approvals.payload IS 'For an edit: the corrected payload that runs.';
+COMMENT ON COLUMN {{.Outbox}}.approvals.payload_sha256 IS 'For an edit: SHA-256 (hex) of payload, shown to the approver.';
+COMMENT ON COLUMN {{.Outbox}}.approvals.content_type IS 'For an edit of an outbox event: the content type of the corrected copy, when changed.';
+COMMENT ON COLUMN {{.Outbox}}.approvals.rate IS 'For a redrive: events per second.';
+COMMENT ON COLUMN {{.Outbox}}.approvals.requested_by IS 'Operator who asked.';
+COMMENT ON COLUMN {{.Outbox}}.approvals.requested_login IS 'Database login (session_user) of the request.';
+COMMENT ON COLUMN {{.Outbox}}.approvals.reason IS 'Why, as given by the requester.';
+COMMENT ON COLUMN {{.Outbox}}.approvals.requested_at IS 'When it was asked.';
+COMMENT ON COLUMN {{.Outbox}}.approvals.expires_at IS 'After this time it can no longer be approved (requested_at + settings.approval_ttl).';
+COMMENT ON COLUMN {{.Outbox}}.approvals.status IS 'pending: waits for a second operator; running: approved, the action runs; done: it ran (see result); rejected: refused by an operator (the requester may withdraw their own).';
+COMMENT ON COLUMN {{.Outbox}}.approvals.decided_by IS 'Operator who approved or rejected it; never the requester for an approval.';
+COMMENT ON COLUMN {{.Outbox}}.approvals.decided_login IS 'Database login (session_user) of the decision.';
+COMMENT ON COLUMN {{.Outbox}}.approvals.decided_at IS 'When it was approved or rejected.';
+COMMENT ON COLUMN {{.Outbox}}.approvals.decision_reason IS 'Why, as given by the approver.';
+COMMENT ON COLUMN {{.Outbox}}.approvals.done_at IS 'When the approved action finished. An approval left running without done_at was interrupted (its audit entries say how far it got).';
+COMMENT ON COLUMN {{.Outbox}}.approvals.result IS 'The outcome of each ref, as JSON.';
+CREATE INDEX approvals_pending_idx ON {{.Outbox}}.approvals (id) WHERE status = 'pending';
+
+-- ---------------------------------------------------------------------------
 -- Inbox.
 -- ---------------------------------------------------------------------------
 
@@ -458,6 +532,44 @@ COMMENT ON COLUMN {{.Inbox}}.attempts.error_class IS 'Class of the error.';
 COMMENT ON COLUMN {{.Inbox}}.attempts.error IS 'Error text.';
 COMMENT ON COLUMN {{.Inbox}}.attempts.outcome IS 'retry, parked or not_counted (breaker open).';
 CREATE INDEX attempts_event_idx ON {{.Inbox}}.attempts (consumer, event_id);
+
+CREATE TABLE {{.Inbox}}.dead_letter_requests (
+    id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    consumer       text        NOT NULL,
+    dead_letter_id bigint      NOT NULL REFERENCES {{.Inbox}}.dead_letters (id),
+    action         text        NOT NULL,
+    payload        bytea,
+    requested_by   text        NOT NULL,
+    reason         text        NOT NULL,
+    requested_at   timestamptz NOT NULL DEFAULT now(),
+    status         text        NOT NULL DEFAULT 'pending',
+    done_at        timestamptz,
+    done_by        text,
+    outcome        text,
+    CONSTRAINT dead_letter_requests_action_check CHECK (action IN ('replay', 'edit', 'release')),
+    CONSTRAINT dead_letter_requests_status_check CHECK (status IN ('pending', 'applied', 'failed', 'refused', 'cancelled')),
+    CONSTRAINT dead_letter_requests_edit_has_payload CHECK ((action = 'edit') = (payload IS NOT NULL)),
+    CONSTRAINT dead_letter_requests_done_has_time CHECK ((status = 'pending') = (done_at IS NULL)),
+    CONSTRAINT dead_letter_requests_by_not_empty CHECK (requested_by <> '' AND reason <> '')
+);
+COMMENT ON TABLE {{.Inbox}}.dead_letter_requests IS 'Operator requests on inbox dead letters (outboxkit dlq replay, edit, and the release after a drop), run by the consumer itself: only its process has the handlers. The operator tools insert a row (audited); the running consumer (inbox.Inbox.ProcessRequests, started by the Kafka and RabbitMQ adapters) picks up the pending rows of its consumer name every few seconds, applies them in request order with the redrive logic, and records the outcome here in the same transaction as the application.';
+COMMENT ON COLUMN {{.Inbox}}.dead_letter_requests.id IS 'Request id; requests of one consumer run in id order.';
+COMMENT ON COLUMN {{.Inbox}}.dead_letter_requests.consumer IS 'Consumer that runs the request: the dead letter''s consumer.';
+COMMENT ON COLUMN {{.Inbox}}.dead_letter_requests.dead_letter_id IS 'The dead letter (dead_letters.id) to replay or edit, or the dropped head whose key is released.';
+COMMENT ON COLUMN {{.Inbox}}.dead_letter_requests.action IS 'replay: apply the stored payload again; edit: apply the corrected payload (the dead letter keeps the original); release: apply, in order, the events that waited behind a dropped head.';
+COMMENT ON COLUMN {{.Inbox}}.dead_letter_requests.payload IS 'The corrected payload of an edit, exactly as given; NULL for other actions.';
+COMMENT ON COLUMN {{.Inbox}}.dead_letter_requests.requested_by IS 'Operator who asked (also the actor of the consumer''s audit entries for it).';
+COMMENT ON COLUMN {{.Inbox}}.dead_letter_requests.reason IS 'Why, as given by the operator.';
+COMMENT ON COLUMN {{.Inbox}}.dead_letter_requests.requested_at IS 'When the request was recorded.';
+COMMENT ON COLUMN {{.Inbox}}.dead_letter_requests.status IS 'pending: waiting for the consumer; applied: done (the event is applied, or the key released); failed: the event failed again and stays parked; refused: the consumer could not run it (see outcome); cancelled: the dead letter was dropped or restored first.';
+COMMENT ON COLUMN {{.Inbox}}.dead_letter_requests.done_at IS 'When the request left pending.';
+COMMENT ON COLUMN {{.Inbox}}.dead_letter_requests.done_by IS 'Who settled it: inbox:<consumer> <consumer version>, or the operator who cancelled it.';
+COMMENT ON COLUMN {{.Inbox}}.dead_letter_requests.outcome IS 'What happened, in words: the error of a failed or refused request.';
+-- The consumer's poll: its pending requests in order; at most one pending
+-- request per dead letter.
+CREATE INDEX dead_letter_requests_pending_idx ON {{.Inbox}}.dead_letter_requests (consumer, id) WHERE status = 'pending';
+CREATE UNIQUE INDEX dead_letter_requests_one_pending_idx ON {{.Inbox}}.dead_letter_requests (dead_letter_id) WHERE status = 'pending';
+CREATE INDEX dead_letter_requests_dead_letter_idx ON {{.Inbox}}.dead_letter_requests (dead_letter_id);
 
 -- ---------------------------------------------------------------------------
 -- Views for DBAs and operators.
