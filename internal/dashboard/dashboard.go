@@ -201,6 +201,8 @@ func (s *server) routes() {
 	s.mux.HandleFunc("POST /redrive", s.action(s.redrive))
 	s.mux.HandleFunc("GET /lanes", s.page(s.lanes))
 	s.mux.HandleFunc("POST /lanes", s.action(s.laneAction))
+	s.mux.HandleFunc("GET /approvals", s.page(s.approvals))
+	s.mux.HandleFunc("POST /approvals/{id}/{verb}", s.action(s.approvalAction))
 	s.mux.HandleFunc("GET /audit", s.page(s.audit))
 	s.mux.HandleFunc("GET /system", s.page(s.system))
 	s.mux.HandleFunc("GET /trace", s.page(s.trace))

@@ -362,4 +362,27 @@ func TestTwoPersonRuleHoldsDashboardDrop(t *testing.T) {
 	if requester != "alice" || refs != "o:"+itoa(ids[0]) || status(t, e.db.Pool, ids[0]) != "parked" {
 		t.Errorf("approval by %q of %q; event %s", requester, refs, status(t, e.db.Pool, ids[0]))
 	}
+
+	// The approvals page: alice cannot approve her own; bob can, once.
+	if _, body := c.get("/approvals"); !strings.Contains(body, `id="approve-1"`) || !strings.Contains(body, "duplicate") {
+		t.Errorf("approvals page:\n%s", body)
+	}
+	resp, _ = c.post("/approvals/1/approve", url.Values{"reason": {"fine"}})
+	if _, body := c.get(resp.Header.Get("Location")); !strings.Contains(body, "you asked for this") || status(t, e.db.Pool, ids[0]) != "parked" {
+		t.Errorf("own approval:\n%s", body)
+	}
+	bob := e.client().signIn("bob", bobToken)
+	resp, _ = bob.post("/approvals/1/approve", url.Values{"reason": {"checked"}})
+	if _, body := bob.get(resp.Header.Get("Location")); !strings.Contains(body, "Approval #1 approved and run: 1 dropped;") || status(t, e.db.Pool, ids[0]) != "dropped" {
+		t.Errorf("approval by bob:\n%s", body)
+	}
+	resp, _ = bob.post("/approvals/1/approve", url.Values{"reason": {"again"}})
+	if _, body := bob.get(resp.Header.Get("Location")); !strings.Contains(body, "decided already") {
+		t.Errorf("second approval:\n%s", body)
+	}
+	var audit string
+	e.db.Pool.QueryRow(ctx, `SELECT string_agg(action || ':' || actor, ',' ORDER BY id) FROM outbox.audit_log`).Scan(&audit)
+	if audit != "request_approval:alice,approve:bob,drop:alice" {
+		t.Errorf("audit: %s", audit)
+	}
 }
