@@ -105,8 +105,7 @@ func (r *Relay) Run(ctx context.Context) error {
 
 	if err := r.start(ctx); err != nil {
 		if ctx.Err() != nil {
-			// Stopped during the start: the registration may have
-			// committed while its reply was lost to the cancellation.
+			// Stopped during the start, possibly after registering.
 			r.unregister(ctx)
 			return nil
 		}
@@ -163,9 +162,16 @@ func (r *Relay) unregister(ctx context.Context) {
 func (r *Relay) start(ctx context.Context) error {
 	delay := 100 * time.Millisecond
 	for {
-		err := r.pool.QueryRow(ctx, `SELECT count(*) FROM `+pgutil.Ident(r.cfg.Schema, "partitions")).Scan(&r.partitions)
+		// Not cancelled mid-statement by the stop (as lease rounds): a
+		// cancelled registration could commit after Run's unregister.
+		attemptCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		err := r.pool.QueryRow(attemptCtx, `SELECT count(*) FROM `+pgutil.Ident(r.cfg.Schema, "partitions")).Scan(&r.partitions)
 		if err == nil {
-			_, err = r.heartbeat(ctx)
+			_, err = r.heartbeat(attemptCtx)
+		}
+		cancel()
+		if err == nil && ctx.Err() != nil {
+			return ctx.Err()
 		}
 		if err == nil {
 			if r.partitions == 0 {
