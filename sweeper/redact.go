@@ -27,7 +27,7 @@ func (s *Sweeper) redact(ctx context.Context, conn *pgxpool.Conn, res *Result) (
 	// Whatever was redacted is audited, even when the run stops half way:
 	// every statement committed on its own.
 	defer func() {
-		if rep.RedactedMessages+rep.RedactedDeadLetters == 0 {
+		if rep.RedactedMessages+rep.RedactedDeadLetters+rep.RedactedApprovals == 0 {
 			return
 		}
 		// On the pool, not conn: a cancelled run may have closed conn.
@@ -68,6 +68,13 @@ func (s *Sweeper) redact(ctx context.Context, conn *pgxpool.Conn, res *Result) (
 	if err := walk(s.sql.redactDeadLetters, "dead_letters", &rep.RedactedDeadLetters, &rep.HeldDeadLetters); err != nil {
 		return err
 	}
+	tag, err := conn.Exec(ctx, s.sql.redactApprovals, rep.Cutoff)
+	if err != nil {
+		return fmt.Errorf("redact approvals: %w", err)
+	}
+	rep.RedactedApprovals = tag.RowsAffected()
+	res.Rows += rep.RedactedApprovals
+	s.metrics.redacted.WithLabelValues("approvals").Add(float64(rep.RedactedApprovals))
 	s.metrics.held.WithLabelValues(string(JobRedact)).Set(float64(rep.HeldMessages + rep.HeldDeadLetters))
 	return nil
 }
@@ -83,8 +90,9 @@ func (s *Sweeper) auditRedaction(ctx context.Context, rep *RedactReport, headers
 	}
 	details := map[string]any{
 		"cutoff": rep.Cutoff, "redact_after": s.cfg.RedactAfter.String(), "redact_headers": headers,
-		"messages": rep.RedactedMessages, "dead_letters": rep.RedactedDeadLetters, "headers_removed": rep.HeadersRemoved,
-		"messages_held": rep.HeldMessages, "dead_letters_held": rep.HeldDeadLetters, "sweeper": s.cfg.ID,
+		"messages": rep.RedactedMessages, "dead_letters": rep.RedactedDeadLetters, "approvals": rep.RedactedApprovals,
+		"headers_removed": rep.HeadersRemoved,
+		"messages_held":   rep.HeldMessages, "dead_letters_held": rep.HeldDeadLetters, "sweeper": s.cfg.ID,
 	}
 	if runErr != nil {
 		details["interrupted"] = runErr.Error()

@@ -323,3 +323,62 @@ func TestRetentionHonoursLegalHolds(t *testing.T) {
 		t.Fatalf("retention after release: %+v", rep)
 	}
 }
+
+// The copies of a corrected payload go with the redaction too: the finished
+// edit requests of a redacted dead letter, and the approvals of edits
+// decided before the cutoff. A pending request or approval, and the
+// requests of a dead letter that is not redacted, keep theirs.
+func TestRedactClearsCopiesOfCorrectedPayloads(t *testing.T) {
+	db := testDB(t)
+	pool := db.Pool
+	dlOld := insertDeadLetter(t, pool, "resolved", "acct-1", "t1", 40*24*time.Hour)
+	dlYoung := insertDeadLetter(t, pool, "resolved", "acct-2", "t1", 10*24*time.Hour)
+	request := func(dl int64, status string) int64 {
+		var id int64
+		if err := pool.QueryRow(context.Background(), `INSERT INTO inbox.dead_letter_requests
+			(consumer, dead_letter_id, action, payload, requested_by, reason, status, done_at)
+			VALUES ('billing', $1, 'edit', '\x7b22666978223a317d', 'jane', 'fix', $2, CASE WHEN $2 <> 'pending' THEN now() END)
+			RETURNING id`, dl, status).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	doneOld, doneYoung := request(dlOld, "applied"), request(dlYoung, "applied")
+	approval := func(status string, decidedAgo time.Duration) int64 {
+		var id int64
+		if err := pool.QueryRow(context.Background(), `INSERT INTO outbox.approvals
+			(action, refs, payload, payload_sha256, requested_by, reason, expires_at, status, decided_by, decided_at, done_at)
+			VALUES ('edit', ARRAY['o:1'], '\x7b7d', 'sha', 'jane', 'fix', now() + interval '1 hour', $1,
+			        CASE WHEN $1 <> 'pending' THEN 'joe' END,
+			        CASE WHEN $1 <> 'pending' THEN now() - $2::interval END,
+			        CASE WHEN $1 = 'done' THEN now() - $2::interval END)
+			RETURNING id`, status, decidedAgo).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	apOld, apYoung, apPending := approval("done", 40*24*time.Hour), approval("rejected", 10*24*time.Hour), approval("pending", 0)
+
+	s := newSweeper(t, pool, Config{RedactAfter: 30 * 24 * time.Hour}, nil)
+	res := runJob(t, s, JobRedact)
+	if res.Redact.RedactedDeadLetters != 1 || res.Redact.RedactedApprovals != 1 {
+		t.Fatalf("redacted %d dead letters and %d approvals, want 1 and 1", res.Redact.RedactedDeadLetters, res.Redact.RedactedApprovals)
+	}
+	for _, c := range []struct {
+		what  string
+		query string
+		id    int64
+		empty bool
+	}{
+		{"edit request of the redacted dead letter", `SELECT length(payload) FROM inbox.dead_letter_requests WHERE id = $1`, doneOld, true},
+		{"edit request of a young dead letter", `SELECT length(payload) FROM inbox.dead_letter_requests WHERE id = $1`, doneYoung, false},
+		{"approval decided 40 days ago", `SELECT length(payload) FROM outbox.approvals WHERE id = $1`, apOld, true},
+		{"approval decided 10 days ago", `SELECT length(payload) FROM outbox.approvals WHERE id = $1`, apYoung, false},
+		{"pending approval", `SELECT length(payload) FROM outbox.approvals WHERE id = $1`, apPending, false},
+	} {
+		n := queryInt(t, pool, c.query, c.id)
+		if (n == 0) != c.empty {
+			t.Errorf("%s: payload length %d, want empty=%v", c.what, n, c.empty)
+		}
+	}
+}

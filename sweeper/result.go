@@ -62,7 +62,8 @@ func (r *Result) attrs() []any {
 		return []any{slog.Int("alarms", len(r.Alarms.Alarms))}
 	case r.Redact != nil:
 		return []any{slog.Time("cutoff", r.Redact.Cutoff), slog.Int64("messages_redacted", r.Redact.RedactedMessages),
-			slog.Int64("dead_letters_redacted", r.Redact.RedactedDeadLetters), slog.Int64("headers_removed", r.Redact.HeadersRemoved),
+			slog.Int64("dead_letters_redacted", r.Redact.RedactedDeadLetters), slog.Int64("approvals_redacted", r.Redact.RedactedApprovals),
+			slog.Int64("headers_removed", r.Redact.HeadersRemoved),
 			slog.Int64("messages_held", r.Redact.HeldMessages), slog.Int64("dead_letters_held", r.Redact.HeldDeadLetters),
 			slog.Int("statements", r.Redact.Statements), slog.Duration("longest_statement", r.Redact.LongestStatement)}
 	}
@@ -301,6 +302,11 @@ type RedactReport struct {
 	// was replaced by empty bytes in this run.
 	RedactedMessages    int64 `json:"redacted_messages"`
 	RedactedDeadLetters int64 `json:"redacted_dead_letters"`
+	// RedactedApprovals counts the two-person-rule approvals of edits,
+	// decided before the cutoff, whose copy of the corrected payload was
+	// emptied. (A redacted dead letter's finished edit requests lose their
+	// copy with it.)
+	RedactedApprovals int64 `json:"redacted_approvals"`
 	// HeadersRemoved counts the headers (Config.RedactHeaders) removed.
 	HeadersRemoved int64 `json:"headers_removed"`
 	// HeldMessages and HeldDeadLetters count the rows past the cutoff left

@@ -331,13 +331,28 @@ SELECT (SELECT max(id) FROM chunk),
                        WHERE jsonb_typeof(x.e->'name') <> 'string' OR lower(x.e->>'name') <> ALL ($4::text[]))
       FROM doomed o
      WHERE d.id = o.id AND d.status IN ('resolved', 'replayed', 'dropped') AND d.redacted_at IS NULL
-    RETURNING jsonb_array_length(o.headers) - jsonb_array_length(d.headers) AS removed
+    RETURNING d.id, jsonb_array_length(o.headers) - jsonb_array_length(d.headers) AS removed
+), requests AS (
+    -- The copies of a corrected payload on the dead letter's finished edit
+    -- requests go with it (a data-modifying CTE always runs).
+    UPDATE {{I}}.dead_letter_requests r
+       SET payload = ''::bytea
+      FROM redacted x
+     WHERE r.dead_letter_id = x.id AND r.payload IS NOT NULL AND r.payload <> ''::bytea AND r.status <> 'pending'
 )
 SELECT (SELECT max(id) FROM chunk),
        coalesce((SELECT bool_and(first_failed_at >= $3) FROM chunk), true),
        (SELECT count(*) FROM redacted),
        (SELECT count(*) FROM held),
        (SELECT coalesce(sum(removed), 0) FROM redacted)`
+
+	// redactApprovalsSQL: the corrected payloads of edits decided (approved
+	// and run, or rejected) before $1. The edit itself is kept where it
+	// ran (the corrected event, or the dead letter's edited_payload), which
+	// retention, redaction and holds govern; the approval's copy goes.
+	redactApprovalsSQL = `UPDATE {{O}}.approvals SET payload = ''::bytea
+ WHERE action = 'edit' AND status IN ('done', 'rejected') AND decided_at < $1
+   AND payload IS NOT NULL AND payload <> ''::bytea`
 
 	// redactCutoffSQL: the one cutoff of a run, on the database clock.
 	redactCutoffSQL = `SELECT now() - $1::interval`
@@ -460,6 +475,7 @@ type statements struct {
 	retry                                                      string
 	retentionChunk, retentionInbox                             string
 	redactMessages, redactDeadLetters, redactAudit             string
+	redactApprovals                                            string
 	discoverConsumers, reconcileTopics, reconcileCounts, gaps  string
 	pendingAge, parked, deadLetters, partitions, scheduledConf string
 }
@@ -474,6 +490,7 @@ func renderStatements(outboxIdent, inboxIdent string) statements {
 		retry:          r(retrySQL),
 		retentionChunk: r(retentionChunkSQL), retentionInbox: r(retentionInboxSQL),
 		redactMessages: r(redactMessagesSQL), redactDeadLetters: r(redactDeadLettersSQL), redactAudit: r(redactAuditSQL),
+		redactApprovals:   r(redactApprovalsSQL),
 		discoverConsumers: r(discoverConsumersSQL), reconcileTopics: r(reconcileTopicsSQL),
 		reconcileCounts: r(reconcileCountsSQL), gaps: r(reconcileGapsSQL),
 		pendingAge: r(pendingAgeSQL), parked: r(parkedSQL), deadLetters: r(deadLettersSQL),

@@ -87,3 +87,6 @@ GRANT SELECT, INSERT ON {{.Outbox}}.legal_holds TO {{r "operator"}};
 GRANT UPDATE (released_at, released_by, release_reason) ON {{.Outbox}}.legal_holds TO {{r "operator"}};
 GRANT SELECT ON {{.Outbox}}.legal_holds TO {{r "sweeper"}}, {{r "auditor"}};
 GRANT UPDATE (payload, edited_payload, headers, redacted_at) ON {{.Inbox}}.dead_letters TO {{r "sweeper"}};
+-- The copies of corrected payloads on finished requests and approvals.
+GRANT SELECT, UPDATE (payload) ON {{.Inbox}}.dead_letter_requests TO {{r "sweeper"}};
+GRANT SELECT, UPDATE (payload) ON {{.Outbox}}.approvals TO {{r "sweeper"}};
