@@ -383,7 +383,7 @@ COMMENT ON COLUMN {{.Outbox}}.approvals.id IS 'Approval id, given to the approve
 COMMENT ON COLUMN {{.Outbox}}.approvals.action IS 'redrive, drop or edit.';
 COMMENT ON COLUMN {{.Outbox}}.approvals.refs IS 'Exactly what runs: the events (o:<id>) and dead letters (i:<id>), in the order they run. For a redrive, what the filter matched when it was asked; an approval never runs on more.';
 COMMENT ON COLUMN {{.Outbox}}.approvals.filter IS 'For a redrive: the filter given, for the approver to read.';
-COMMENT ON COLUMN {{.Outbox}}.approvals.payload IS 'For an edit: the corrected payload that runs.';
+COMMENT ON COLUMN {{.Outbox}}.approvals.payload IS 'For an edit: the corrected payload that runs. Emptied by the sweeper''s redact job once the approval was decided longer ago than its RedactAfter.';
 COMMENT ON COLUMN {{.Outbox}}.approvals.payload_sha256 IS 'For an edit: SHA-256 (hex) of payload, shown to the approver.';
 COMMENT ON COLUMN {{.Outbox}}.approvals.content_type IS 'For an edit of an outbox event: the content type of the corrected copy, when changed.';
 COMMENT ON COLUMN {{.Outbox}}.approvals.rate IS 'For a redrive: events per second.';
@@ -557,7 +557,7 @@ COMMENT ON COLUMN {{.Inbox}}.dead_letter_requests.id IS 'Request id; requests of
 COMMENT ON COLUMN {{.Inbox}}.dead_letter_requests.consumer IS 'Consumer that runs the request: the dead letter''s consumer.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letter_requests.dead_letter_id IS 'The dead letter (dead_letters.id) to replay or edit, or the dropped head whose key is released.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letter_requests.action IS 'replay: apply the stored payload again; edit: apply the corrected payload (the dead letter keeps the original); release: apply, in order, the events that waited behind a dropped head.';
-COMMENT ON COLUMN {{.Inbox}}.dead_letter_requests.payload IS 'The corrected payload of an edit, exactly as given; NULL for other actions.';
+COMMENT ON COLUMN {{.Inbox}}.dead_letter_requests.payload IS 'The corrected payload of an edit, exactly as given; NULL for other actions. Emptied by the sweeper''s redact job with its dead letter.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letter_requests.requested_by IS 'Operator who asked (also the actor of the consumer''s audit entries for it).';
 COMMENT ON COLUMN {{.Inbox}}.dead_letter_requests.reason IS 'Why, as given by the operator.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letter_requests.requested_at IS 'When the request was recorded.';
