@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/outboxkit/outboxkit/internal/ops"
+	"github.com/outboxkit/outboxkit/internal/safetext"
 )
 
 // approvalInstead records spec as a pending approval when the two-person
@@ -47,7 +48,7 @@ func approvalWhat(ap *ops.Approval) string {
 	if len(ap.Filter) > 0 {
 		what += fmt.Sprintf(" (filter %s, %g per second)", ap.Filter, ap.PerSec)
 	}
-	return escapeControls(what)
+	return safetext.Escape(what)
 }
 
 func runApprovals(ctx context.Context, env *Env, verb string, args []string) error {
@@ -99,9 +100,9 @@ func runApprovals(ctx context.Context, env *Env, verb string, args []string) err
 			if status == "pending" && ap.Expired {
 				status = "expired"
 			}
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ap.ID, status, escapeControls(ap.RequestedBy),
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ap.ID, status, safetext.Escape(ap.RequestedBy),
 				ap.RequestedAt.Local().Format(time.RFC3339), ap.ExpiresAt.Local().Format(time.RFC3339), approvalWhat(ap),
-				oneLine(ap.Reason, 60), escapeControls(ap.DecidedBy))
+				oneLine(ap.Reason, 60), safetext.Escape(ap.DecidedBy))
 		}
 		return tw.Flush()
 	case "approve", "reject":
@@ -195,5 +196,5 @@ func printSettings(out io.Writer, st ops.Settings) {
 	fmt.Fprintf(out, "two-person rule   %s\n", onOff[st.TwoPersonRule])
 	fmt.Fprintf(out, "approval ttl      %s\n", st.ApprovalTTL)
 	fmt.Fprintf(out, "distinct logins   %s\n", onOff[st.DistinctLogins])
-	fmt.Fprintf(out, "updated           %s by %s\n", st.UpdatedAt.Local().Format(time.RFC3339), escapeControls(st.UpdatedBy))
+	fmt.Fprintf(out, "updated           %s by %s\n", st.UpdatedAt.Local().Format(time.RFC3339), safetext.Escape(st.UpdatedBy))
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/outboxkit/outboxkit/internal/ops"
 	"github.com/outboxkit/outboxkit/internal/pgutil"
+	"github.com/outboxkit/outboxkit/internal/safetext"
 )
 
 const dlqUsage = `dlq <list|show|replay|redrive|drop|restore|edit|ingest> [flags] [refs...]
@@ -263,7 +264,7 @@ func runDLQ(ctx context.Context, env *Env, args []string) error {
 		fmt.Fprintln(tw, "REF\tSTATUS\tTOPIC\tKEY\tSEQ\tTYPE\tCONSUMER\tATTEMPTS\tCLASS\tERROR\tWAITING\tREQUEST")
 		for _, it := range items {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s v%d\t%s\t%d\t%s\t%s\t%d\t%s\n", it.Ref, it.Status, it.Topic,
-				escapeControls(it.Key), it.Sequence, it.Type, it.Version, it.Consumer, it.Attempts, it.ErrorClass,
+				safetext.Escape(it.Key), it.Sequence, it.Type, it.Version, it.Consumer, it.Attempts, it.ErrorClass,
 				oneLine(it.Error, 60), it.Waiting, requestSummary(it.Request))
 		}
 		return tw.Flush()
@@ -403,7 +404,7 @@ func printOutcomes(out io.Writer, outs []ops.Outcome, asJSON bool) error {
 			line += " as " + o.NewRef.String()
 		}
 		if o.Note != "" {
-			line += ": " + escapeControls(o.Note)
+			line += ": " + safetext.Escape(o.Note)
 		}
 		fmt.Fprintln(out, line)
 	}
@@ -411,7 +412,7 @@ func printOutcomes(out io.Writer, outs []ops.Outcome, asJSON bool) error {
 }
 
 func oneLine(s string, n int) string {
-	s = escapeControls(strings.Join(strings.Fields(s), " "))
+	s = safetext.Escape(strings.Join(strings.Fields(s), " "))
 	if len(s) > n {
 		return s[:n] + "…"
 	}
@@ -421,7 +422,7 @@ func oneLine(s string, n int) string {
 func printDetail(out io.Writer, d *ops.Detail) {
 	row := func(k, v string) {
 		if v != "" {
-			fmt.Fprintf(out, "%-16s %s\n", k, escapeControls(v))
+			fmt.Fprintf(out, "%-16s %s\n", k, safetext.Escape(v))
 		}
 	}
 	row("ref", d.Ref.String())
@@ -461,7 +462,7 @@ func printDetail(out io.Writer, d *ops.Detail) {
 		}
 		sort.Strings(names)
 		for _, k := range names {
-			fmt.Fprintf(out, "  %s: %s\n", escapeControls(k), escapeControls(d.Headers[k]))
+			fmt.Fprintf(out, "  %s: %s\n", safetext.Escape(k), safetext.Escape(d.Headers[k]))
 		}
 	}
 	if d.IngestedFrom != "" {
@@ -478,13 +479,13 @@ func printDetail(out io.Writer, d *ops.Detail) {
 			if a.BrokerAck != "" {
 				line += " " + a.BrokerAck
 			}
-			fmt.Fprintln(out, escapeControls(line))
+			fmt.Fprintln(out, safetext.Escape(line))
 		}
 	}
 	if len(d.Requests) > 0 {
 		fmt.Fprintln(out, "requests")
 		for _, r := range d.Requests {
-			fmt.Fprintln(out, "  "+escapeControls(requestLine(r)))
+			fmt.Fprintln(out, "  "+safetext.Escape(requestLine(r)))
 		}
 	}
 	fmt.Fprintf(out, "payload (%d bytes)\n%s\n", d.PayloadBytes, renderPayload(d.Payload))
@@ -542,7 +543,7 @@ func (o *opsFlags) printOutcomesWaiting(ctx context.Context, env *Env, store *op
 	}
 	var unsettled error
 	for _, r := range reqs {
-		fmt.Fprintln(env.Stdout, escapeControls(requestLine(r)))
+		fmt.Fprintln(env.Stdout, safetext.Escape(requestLine(r)))
 		switch r.Status {
 		case "pending":
 			unsettled = errors.Join(unsettled, fmt.Errorf("request #%d is still pending after %s: is consumer %s running? (it runs requests while its Run is active)", r.ID, o.wait, r.Consumer))

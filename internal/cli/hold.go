@@ -13,6 +13,7 @@ import (
 
 	"github.com/outboxkit/outboxkit/internal/holds"
 	"github.com/outboxkit/outboxkit/internal/pgutil"
+	"github.com/outboxkit/outboxkit/internal/safetext"
 )
 
 const holdUsage = `hold <add|list|release> [flags]
@@ -157,8 +158,8 @@ func runHold(ctx context.Context, env *Env, args []string) error {
 		if x.ReleasedAt != nil {
 			released = fmt.Sprintf("%s by %s: %s", x.ReleasedAt.Local().Format("2006-01-02 15:04"), x.ReleasedBy, oneLine(x.ReleaseReason, 40))
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", x.ID, escapeControls(holdSubject(x)), x.CreatedAt.Local().Format("2006-01-02 15:04"),
-			escapeControls(x.Actor), oneLine(x.Reason, 50), released)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", x.ID, safetext.Escape(holdSubject(x)), x.CreatedAt.Local().Format("2006-01-02 15:04"),
+			safetext.Escape(x.Actor), oneLine(x.Reason, 50), released)
 	}
 	return tw.Flush()
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/outboxkit/outboxkit/internal/ingest"
 	"github.com/outboxkit/outboxkit/internal/ops"
 	"github.com/outboxkit/outboxkit/internal/pgutil"
+	"github.com/outboxkit/outboxkit/internal/safetext"
 )
 
 const ingestUsage = `dlq ingest (--rabbitmq-queue Q | --kafka-topic T) [flags]
@@ -218,13 +219,13 @@ func printOrigin(out io.Writer, origin map[string]any) {
 		if s, ok := origin[k].(string); ok {
 			v = s
 		}
-		fmt.Fprintf(out, "  %s: %s\n", escapeControls(strings.ReplaceAll(k, "_", " ")), escapeControls(v))
+		fmt.Fprintf(out, "  %s: %s\n", safetext.Escape(strings.ReplaceAll(k, "_", " ")), safetext.Escape(v))
 	}
 	if deaths, ok := origin["x_death"].([]any); ok {
 		fmt.Fprintln(out, "x-death (most recent first)")
 		for _, d := range deaths {
 			b, _ := json.Marshal(d)
-			fmt.Fprintf(out, "  %s\n", escapeControls(string(b)))
+			fmt.Fprintf(out, "  %s\n", safetext.Escape(string(b)))
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/outboxkit/outboxkit/internal/ops"
+	"github.com/outboxkit/outboxkit/internal/safetext"
 )
 
 const lanesUsage = `lanes [retry-head|skip-head|release --topic T --key K --reason R] [flags]
@@ -68,7 +69,7 @@ func runLanes(ctx context.Context, env *Env, args []string) error {
 		fmt.Fprintln(env.Stdout, "no key is held back")
 	}
 	for _, l := range lanes {
-		fmt.Fprintln(env.Stdout, escapeControls(l.Describe()))
+		fmt.Fprintln(env.Stdout, safetext.Escape(l.Describe()))
 	}
 	return nil
 }
@@ -111,7 +112,7 @@ func runTrace(ctx context.Context, env *Env, args []string) error {
 	}
 	tw := tabwriter.NewWriter(env.Stdout, 0, 2, 2, ' ', 0)
 	for _, e := range entries {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.At.Local().Format("2006-01-02 15:04:05.000"), e.Where, shortID(e.EventID), escapeControls(e.What))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.At.Local().Format("2006-01-02 15:04:05.000"), e.Where, shortID(e.EventID), safetext.Escape(e.What))
 	}
 	return tw.Flush()
 }
@@ -261,7 +262,7 @@ func runAudit(ctx context.Context, env *Env, args []string) error {
 	tw := tabwriter.NewWriter(env.Stdout, 0, 2, 2, ' ', 0)
 	fmt.Fprintln(tw, "AT\tACTOR\tACTION\tTARGETS\tREASON")
 	for _, e := range entries {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.At.Local().Format("2006-01-02 15:04:05"), escapeControls(e.Actor), e.Action,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.At.Local().Format("2006-01-02 15:04:05"), safetext.Escape(e.Actor), e.Action,
 			strings.Join(e.Targets, ","), oneLine(e.Reason, 80))
 	}
 	return tw.Flush()

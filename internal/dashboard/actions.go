@@ -16,6 +16,7 @@ import (
 	"github.com/outboxkit/outboxkit/internal/failure"
 	"github.com/outboxkit/outboxkit/internal/ops"
 	"github.com/outboxkit/outboxkit/internal/pgutil"
+	"github.com/outboxkit/outboxkit/internal/safetext"
 )
 
 // maxReason bounds the reason typed into a form.
@@ -44,9 +45,9 @@ func opsError(err error) string {
 	case errors.Is(err, ops.ErrWrongStatus), errors.Is(err, ops.ErrNotFound), errors.Is(err, ops.ErrBadRef),
 		errors.Is(err, ops.ErrNoReason), errors.Is(err, ops.ErrNoActor), errors.Is(err, ops.ErrRequestPending),
 		errors.Is(err, ops.ErrApprovalRequired):
-		return visible(err.Error())
+		return safetext.Escape(err.Error())
 	}
-	return "The action failed and changed nothing: " + visible(pgutil.Redact(err.Error()))
+	return "The action failed and changed nothing: " + safetext.Escape(pgutil.Redact(err.Error()))
 }
 
 func (s *server) logAction(rc reqCtx, action, target string, err error) {
@@ -135,7 +136,7 @@ func (s *server) eventAction(w http.ResponseWriter, r *http.Request, rc reqCtx) 
 		back = "/events/" + url.PathEscape(out.NewRef.String())
 	}
 	if out.Note != "" {
-		text += " " + visible(out.Note) + "."
+		text += " " + safetext.Escape(out.Note) + "."
 	}
 	s.redirectFlash(w, r, rc, back, "ok", text)
 }
@@ -258,9 +259,9 @@ func (s *server) laneAction(w http.ResponseWriter, r *http.Request, rc reqCtx) {
 		s.redirectFlash(w, r, rc, back, "error", opsError(err))
 		return
 	}
-	text := fmt.Sprintf("%s/%s: %s %s.", visible(topic), visible(key), out.Ref, out.Result)
+	text := fmt.Sprintf("%s/%s: %s %s.", safetext.Escape(topic), safetext.Escape(key), out.Ref, out.Result)
 	if out.Note != "" {
-		text += " " + visible(out.Note) + "."
+		text += " " + safetext.Escape(out.Note) + "."
 	}
 	s.redirectFlash(w, r, rc, back, "ok", text)
 }

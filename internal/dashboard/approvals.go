@@ -8,6 +8,7 @@ import (
 	"strconv"
 
 	"github.com/outboxkit/outboxkit/internal/ops"
+	"github.com/outboxkit/outboxkit/internal/safetext"
 )
 
 // The two-person rule in the dashboard: pending approvals, and a second
@@ -61,7 +62,7 @@ func (s *server) approvalAction(w http.ResponseWriter, r *http.Request, rc reqCt
 	s.logAction(rc, verb, fmt.Sprintf("approval %d", id), err)
 	switch {
 	case errors.Is(err, ops.ErrOwnApproval), errors.Is(err, ops.ErrApprovalExpired), errors.Is(err, ops.ErrApprovalDecided):
-		s.redirectFlash(w, r, rc, back, "error", visible(err.Error()))
+		s.redirectFlash(w, r, rc, back, "error", safetext.Escape(err.Error()))
 		return
 	case err != nil && len(outs) == 0:
 		s.redirectFlash(w, r, rc, back, "error", opsError(err))

@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/outboxkit/outboxkit/internal/safetext"
 )
 
 // pageData is what the layout needs, plus the page's own Data.
@@ -28,7 +30,7 @@ func (s *server) pd(rc reqCtx, title, nav string, data any) pageData {
 }
 
 var funcs = template.FuncMap{
-	"vis": visible,
+	"vis": safetext.Escape,
 	"ts": func(t time.Time) string {
 		if t.IsZero() {
 			return ""
@@ -63,14 +65,14 @@ var funcs = template.FuncMap{
 		if err != nil {
 			return fmt.Sprint(v)
 		}
-		return visible(string(b))
+		return safetext.Escape(string(b))
 	},
 	"oneline": func(s string, n int) string {
 		s = strings.Join(strings.Fields(s), " ")
 		if len(s) > n {
 			s = truncate(s, n) + "…"
 		}
-		return visible(s)
+		return safetext.Escape(s)
 	},
 	"hasPrefix": strings.HasPrefix,
 }
