@@ -220,8 +220,8 @@ type Config struct {
 	// RedactAfter turns the redact job on (zero, the default, leaves it
 	// off: redaction destroys data, so it is opted into). Published events
 	// are redacted this long after they were published, and inbox dead
-	// letters this long after they were resolved, replayed or dropped
-	// (resolved_at): the payload becomes empty bytes, RedactHeaders are
+	// letters this long after they were resolved, replayed, dropped or
+	// edited (resolved_at): the payload becomes empty bytes, RedactHeaders are
 	// removed, redacted_at is set, every other column stays. Rows under an
 	// active legal hold (outbox.legal_holds) are skipped. At least
 	// MinRetention. A redacted event can no longer be replayed, so the

@@ -56,8 +56,8 @@
 //     outbox and the inbox in one database.
 //   - redact (daily at 02:47; off unless RedactAfter is set): replaces the
 //     payload of published events published more than RedactAfter ago, and
-//     of inbox dead letters resolved, replayed or dropped more than
-//     RedactAfter ago, with empty bytes, removes RedactHeaders, and sets
+//     of inbox dead letters resolved, replayed, dropped or edited more
+//     than RedactAfter ago, with empty bytes, removes RedactHeaders, and sets
 //     redacted_at; every other column stays. Pending, blocked, parked and
 //     dropped events and open dead letters are never redacted (table
 //     constraints enforce it too). One audit entry per run that redacted

@@ -79,7 +79,7 @@ func insertDeadLetter(t *testing.T, pool *pgxpool.Pool, status, key, tenant stri
 		VALUES ('billing', 'v1', 'payments', $2, '\x7b7d', jsonb_build_array(jsonb_build_object('name', 'ce_id', 'value', 'x'),
 		        jsonb_build_object('name', 'tenant', 'value', $3::text), jsonb_build_object('name', 'customer-email', 'value', 'a@b.c')),
 		        'bad', 'permanent', 3, $1, NULL, now() - $4::interval - interval '1 day', now() - $4::interval,
-		        CASE WHEN $1 IN ('resolved', 'replayed', 'dropped') THEN now() - $4::interval END)
+		        CASE WHEN $1 IN ('resolved', 'replayed', 'dropped', 'edited') THEN now() - $4::interval END)
 		RETURNING id`, status, key, tenant, d).Scan(&id)
 	if err != nil {
 		t.Fatal(err)
@@ -138,11 +138,12 @@ func TestRedactOnlyClosedUnheldRowsPastTheWindow(t *testing.T) {
 
 	dlOld := insertDeadLetter(t, pool, "resolved", "acct-1", "t1", 40*24*time.Hour)
 	dlDropped := insertDeadLetter(t, pool, "dropped", "acct-2", "t1", 40*24*time.Hour)
+	dlEdited := insertDeadLetter(t, pool, "edited", "acct-6", "t1", 40*24*time.Hour) // a broker dead letter sent back corrected
 	dlParked := insertDeadLetter(t, pool, "parked", "acct-3", "t1", 40*24*time.Hour)
 	dlYoung := insertDeadLetter(t, pool, "resolved", "acct-4", "t1", 10*24*time.Hour)
 	dlKeyHeld := insertDeadLetter(t, pool, "resolved", "acct-held", "t1", 40*24*time.Hour)
 	dlTenantHeld := insertDeadLetter(t, pool, "resolved", "acct-5", "t-held", 40*24*time.Hour)
-	execSQL(t, pool, `UPDATE inbox.dead_letters SET edited_payload = '\x01' WHERE id = $1`, dlOld)
+	execSQL(t, pool, `UPDATE inbox.dead_letters SET edited_payload = '\x01' WHERE id = ANY($1)`, []int64{dlOld, dlEdited})
 
 	keyHold := placeHold(t, pool, "payments", "acct-held", "")
 	tenantHold := placeHold(t, pool, "", "", "t-held")
@@ -156,9 +157,9 @@ func TestRedactOnlyClosedUnheldRowsPastTheWindow(t *testing.T) {
 	s := newSweeper(t, pool, Config{RedactAfter: 30 * 24 * time.Hour, RedactHeaders: []string{"customer-email"}, DeleteBatchSize: 5}, nil)
 	res := runJob(t, s, JobRedact)
 	rep := res.Redact
-	if rep.RedactedMessages != 13 || rep.RedactedDeadLetters != 2 || rep.HeldMessages != 2 || rep.HeldDeadLetters != 2 ||
-		rep.HeadersRemoved != 15 || res.Rows != 15 {
-		t.Fatalf("redact report %+v, rows %d; want 13 events (12 + the other topic), 2 dead letters, 2+2 held, 15 headers", rep, res.Rows)
+	if rep.RedactedMessages != 13 || rep.RedactedDeadLetters != 3 || rep.HeldMessages != 2 || rep.HeldDeadLetters != 2 ||
+		rep.HeadersRemoved != 16 || res.Rows != 16 {
+		t.Fatalf("redact report %+v, rows %d; want 13 events (12 + the other topic), 3 dead letters, 2+2 held, 16 headers", rep, res.Rows)
 	}
 	if rep.Statements < 4 {
 		t.Errorf("%d statements: not in batches of 5", rep.Statements)
@@ -196,12 +197,12 @@ func TestRedactOnlyClosedUnheldRowsPastTheWindow(t *testing.T) {
 		}
 		return
 	}
-	for _, id := range []int64{dlOld, dlDropped} {
+	for _, id := range []int64{dlOld, dlDropped, dlEdited} {
 		p, e, names, red := dl(id)
 		if len(p) != 0 || !red || fmt.Sprint(names) != "[ce_id tenant]" {
 			t.Errorf("dead letter %d: payload %q, headers %v, redacted %v", id, p, names, red)
 		}
-		if id == dlOld && (e == nil || len(e) != 0) {
+		if id != dlDropped && (e == nil || len(e) != 0) {
 			t.Errorf("dead letter %d: edited payload %q, want empty", id, e)
 		}
 	}
@@ -219,7 +220,7 @@ func TestRedactOnlyClosedUnheldRowsPastTheWindow(t *testing.T) {
 		Scan(&reason, &details); err != nil {
 		t.Fatalf("the redaction audit entry: %v", err)
 	}
-	if details["messages"] != 13.0 || details["dead_letters"] != 2.0 || details["messages_held"] != 2.0 {
+	if details["messages"] != 13.0 || details["dead_letters"] != 3.0 || details["messages_held"] != 2.0 {
 		t.Errorf("audit details %v", details)
 	}
 	if n := queryInt(t, pool, `SELECT count(*) FROM outbox.audit_log`); n != audits+1 {

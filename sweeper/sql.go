@@ -304,8 +304,8 @@ SELECT (SELECT max(id) FROM chunk),
        (SELECT count(*) FROM held),
        (SELECT coalesce(sum(removed), 0) FROM redacted)`
 
-	// redactDeadLettersSQL: dead letters resolved, replayed or dropped
-	// before $3 (resolved_at), not yet redacted, not held. Open ones
+	// redactDeadLettersSQL: dead letters resolved, replayed, dropped or
+	// edited before $3 (resolved_at), not yet redacted, not held. Open ones
 	// (parked, blocked) are never touched (dead_letters_redacted_is_closed).
 	// resolved_at >= first_failed_at, so a slice that first failed after
 	// the cutoff has nothing due. A header whose name is not valid UTF-8
@@ -314,7 +314,7 @@ SELECT (SELECT max(id) FROM chunk),
     SELECT id, first_failed_at FROM {{I}}.dead_letters WHERE id > $1 ORDER BY id LIMIT $2
 ), due AS (
     SELECT d.id, d.topic, d.key, d.headers FROM {{I}}.dead_letters d
-     WHERE d.id = ANY (ARRAY(SELECT id FROM chunk)) AND d.status IN ('resolved', 'replayed', 'dropped')
+     WHERE d.id = ANY (ARRAY(SELECT id FROM chunk)) AND d.status IN ('resolved', 'replayed', 'dropped', 'edited')
        AND d.resolved_at < $3 AND d.redacted_at IS NULL
 ), held AS (
     SELECT d.id FROM due d WHERE ` + heldDeadLetterSQL + `
@@ -330,7 +330,7 @@ SELECT (SELECT max(id) FROM chunk),
                         FROM jsonb_array_elements(d.headers) WITH ORDINALITY AS x(e, n)
                        WHERE jsonb_typeof(x.e->'name') <> 'string' OR lower(x.e->>'name') <> ALL ($4::text[]))
       FROM doomed o
-     WHERE d.id = o.id AND d.status IN ('resolved', 'replayed', 'dropped') AND d.redacted_at IS NULL
+     WHERE d.id = o.id AND d.status IN ('resolved', 'replayed', 'dropped', 'edited') AND d.redacted_at IS NULL
     RETURNING d.id, jsonb_array_length(o.headers) - jsonb_array_length(d.headers) AS removed
 ), requests AS (
     -- The copies of a corrected payload on the dead letter's finished edit

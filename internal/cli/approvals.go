@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -62,6 +63,8 @@ func runApprovals(ctx context.Context, env *Env, verb string, args []string) err
 	case "approvals":
 		fs.BoolVar(&all, "all", false, "also the decided ones")
 		fs.IntVar(&o.limit, "limit", 100, "at most this many")
+	case "approve":
+		o.brokers.register(fs, env) // a redrive or edit of broker dead letters sends them back
 	case "settings":
 		fs.StringVar(&twoPerson, "two-person-rule", "", "on: bulk redrive, drop and edit wait for a second operator's approval; off")
 		fs.DurationVar(&ttl, "approval-ttl", 0, "how long an approval can be approved (e.g. 1h)")
@@ -76,6 +79,12 @@ func runApprovals(ctx context.Context, env *Env, verb string, args []string) err
 		return err
 	}
 	defer closeStore()
+	if verb == "approve" {
+		if store, err = o.withBrokers(env, store); err != nil {
+			return err
+		}
+		defer o.brokers.closeTransports()
+	}
 	out := env.Stdout
 	switch verb {
 	case "approvals":
@@ -131,6 +140,9 @@ func runApprovals(ctx context.Context, env *Env, verb string, args []string) err
 		outs, err := store.Approve(ctx, a, id, opt)
 		if opt.Progress != nil && len(outs) > 1 {
 			fmt.Fprintln(env.Stderr)
+		}
+		if errors.Is(err, ops.ErrNoBroker) {
+			return usageError("%v", err)
 		}
 		if err != nil && len(outs) == 0 {
 			return err

@@ -38,8 +38,7 @@ Parked outbox events (o:<id>) and inbox dead letters (i:<id>), in one place.
                          original is kept (status dropped, payload untouched)
   ingest --rabbitmq-queue Q | --kafka-topic T
                          copy messages the brokers dead-lettered themselves
-                         into the dead letters (see dlq ingest -h); replay of
-                         such a row republishes it to where it came from
+                         into the dead letters (see dlq ingest -h)
   approvals [--all]      approvals waiting for a second operator (two-person rule)
   approve ID             approve and run one (not your own; before it expires)
   reject ID              refuse one (or withdraw your own)
@@ -57,6 +56,14 @@ the running consumer applies within seconds, in key order; dlq show and list
 show each request's outcome, and --wait waits for it. A drop of the head of
 a blocked key moves the key past it and asks the consumer to apply the
 events that waited behind it.
+
+Broker dead letters (copied by dlq ingest) have no consumer to ask: replay
+and redrive send the original message back to where it came from (the
+original exchange and routing key, or topic), edit sends the corrected
+payload there as a new message (new event id, header outboxkit-edit-of) and
+keeps the original row (status edited). They need the broker's flags:
+--rabbitmq-url or --kafka-brokers (or RABBITMQ_URL, KAFKA_BROKERS), and the
+TLS or SASL flags the relay takes.
 
 Every action needs --reason and an actor (--actor, $OUTBOXKIT_ACTOR, else your
 OS user name) and is written to outbox.audit_log with before and after.
@@ -77,7 +84,7 @@ type opsFlags struct {
 	rate    float64
 	payload string
 	ctype   string
-	brokers brokerConnFlags // replay of ingested broker dead letters
+	brokers brokerConnFlags // replay, redrive and edit of broker dead letters (dlq ingest)
 	pool    *pgxpool.Pool   // set by openStore
 	wait    time.Duration
 }
@@ -216,7 +223,9 @@ func runDLQ(ctx context.Context, env *Env, args []string) error {
 		fs.BoolVar(&o.dryRun, "dry-run", false, "say what would be replayed, change nothing")
 		fs.Float64Var(&o.rate, "rate", 50, "events per second")
 	}
-	if verb == "replay" {
+	// Only these may send broker dead letters back (a drop sends nothing).
+	sends := verb == "replay" || verb == "redrive" || verb == "edit"
+	if sends {
 		o.brokers.register(fs, env)
 	}
 	switch verb {
@@ -241,6 +250,12 @@ func runDLQ(ctx context.Context, env *Env, args []string) error {
 		return err
 	}
 	defer closeStore()
+	if sends {
+		if store, err = o.withBrokers(env, store); err != nil {
+			return err
+		}
+		defer o.brokers.closeTransports()
+	}
 	out := env.Stdout
 
 	switch verb {
@@ -313,6 +328,9 @@ func runDLQ(ctx context.Context, env *Env, args []string) error {
 		if opt.Progress != nil && len(outs) > 0 {
 			fmt.Fprintln(env.Stderr)
 		}
+		if errors.Is(err, ops.ErrNoBroker) {
+			return usageError("%v: nothing ran", err)
+		}
 		if err != nil {
 			return err
 		}
@@ -360,15 +378,7 @@ func runDLQ(ctx context.Context, env *Env, args []string) error {
 		if err != nil {
 			return usageError("%v", err)
 		}
-		o2, handled, err := ingestedAction(ctx, env, &o, verb, a, ref)
-		if handled {
-			if err != nil {
-				o2 = ops.Outcome{Ref: ref, Result: "failed", Note: err.Error()}
-				failed = errors.Join(failed, err)
-			}
-			outs = append(outs, o2)
-			continue
-		}
+		var o2 ops.Outcome
 		switch verb {
 		case "replay":
 			o2, err = store.Replay(ctx, a, ref)
@@ -513,6 +523,16 @@ func requestLine(r ops.Request) string {
 		line += ": " + oneLine(r.Outcome, 200)
 	}
 	return line
+}
+
+// withBrokers returns store sending broker dead letters back through the
+// brokers the flags name.
+func (o *opsFlags) withBrokers(env *Env, store *ops.Store) (*ops.Store, error) {
+	rep, err := o.brokers.republisher(env)
+	if err != nil {
+		return nil, err
+	}
+	return store.WithRepublisher(rep), nil
 }
 
 // printOutcomesWaiting prints the outcomes of an action; with --wait it

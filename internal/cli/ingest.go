@@ -11,9 +11,9 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/outboxkit/outboxkit/internal/ingest"
-	"github.com/outboxkit/outboxkit/internal/ops"
 	"github.com/outboxkit/outboxkit/internal/pgutil"
 	"github.com/outboxkit/outboxkit/internal/safetext"
 )
@@ -21,8 +21,9 @@ import (
 const ingestUsage = `dlq ingest (--rabbitmq-queue Q | --kafka-topic T) [flags]
 
 Copies messages the brokers dead-lettered themselves into inbox.dead_letters,
-where dlq list, show, replay, drop and restore handle them like every other
-dead letter:
+where dlq list, show, replay, redrive, edit, drop and restore handle them
+like every other dead letter (replay, redrive and edit send them back to the
+broker they came from, and take the same broker flags):
 
   --rabbitmq-queue Q   a queue bound to a dead-letter exchange (x-death headers
                        say why and where from)
@@ -88,6 +89,9 @@ func runDLQIngest(ctx context.Context, env *Env, args []string) error {
 		if err != nil {
 			return err
 		}
+		if conn == nil {
+			return usageError("no RabbitMQ: pass --rabbitmq-url or set RABBITMQ_URL (or RABBITMQ_URL_FILE)")
+		}
 		res, err = store.IngestRabbitMQ(ctx, ingest.RabbitMQConfig{RabbitMQConn: *conn, Queue: *queue, Source: *source,
 			Once: *once, Prefetch: *prefetch, Logger: logger})
 		if err != nil {
@@ -97,6 +101,9 @@ func runDLQIngest(ctx context.Context, env *Env, args []string) error {
 		conn, err := brokers.kafkaConn(env)
 		if err != nil {
 			return err
+		}
+		if conn == nil {
+			return usageError("no Kafka: pass --kafka-brokers or set KAFKA_BROKERS")
 		}
 		res, err = store.IngestKafka(ctx, ingest.KafkaConfig{KafkaConn: *conn, Topic: *topic, Group: *group, Source: *source,
 			Once: *once, Logger: logger})
@@ -119,15 +126,12 @@ func ingestError(err error, res ingest.Result) error {
 	return fmt.Errorf("%w (ingested %d before it stopped; what was not acknowledged stays in the broker: run again)", err, res.Ingested)
 }
 
-// rabbitConn is the RabbitMQ connection of the flags, or an error saying
-// which flag is missing.
+// rabbitConn is the RabbitMQ connection of the flags, nil when they name
+// none.
 func (b *brokerConnFlags) rabbitConn(env *Env) (*ingest.RabbitMQConn, error) {
 	u, err := b.rabbitmqURL(env)
-	if err != nil {
+	if err != nil || u == "" {
 		return nil, err
-	}
-	if u == "" {
-		return nil, usageError("no RabbitMQ: pass --rabbitmq-url or set RABBITMQ_URL (or RABBITMQ_URL_FILE)")
 	}
 	c := &ingest.RabbitMQConn{URL: u}
 	if !b.rabbitTLSFiles.Empty() {
@@ -138,65 +142,40 @@ func (b *brokerConnFlags) rabbitConn(env *Env) (*ingest.RabbitMQConn, error) {
 	return c, nil
 }
 
+// kafkaConn is the Kafka connection of the flags, nil when they name none.
+// Its transport is always one of the flags' own (closeTransports closes
+// it), never kafka-go's process-wide default, whose connections nobody
+// closes.
 func (b *brokerConnFlags) kafkaConn(env *Env) (*ingest.KafkaConn, error) {
 	brokers := b.kafkaBrokerList()
 	if len(brokers) == 0 {
-		return nil, usageError("no Kafka: pass --kafka-brokers or set KAFKA_BROKERS")
+		return nil, nil
 	}
 	t, err := b.kafkaTransport(env)
 	if err != nil {
 		return nil, err
 	}
+	if t == nil {
+		t = &kafkago.Transport{ClientID: "outboxkit"}
+		b.transports = append(b.transports, t)
+	}
 	return &ingest.KafkaConn{Brokers: brokers, Transport: t}, nil
 }
 
-// ingestedAction runs replay, drop or restore on an inbox dead letter that
-// dlq ingest copied from a broker: such a row has no consumer to ask, so
-// the action is done here (replay republishes to the broker it came from).
-// handled is false for a consumer's own dead letter, which the caller
-// dispatches as usual.
-func ingestedAction(ctx context.Context, env *Env, o *opsFlags, verb string, a ops.Action, ref ops.Ref) (out ops.Outcome, handled bool, err error) {
-	if ref.Kind != ops.KindInbox {
-		return out, false, nil
+// republisher sends broker dead letters (dlq ingest) back to the brokers
+// the flags name; one the flags leave out is not configured, and replaying
+// its dead letters fails with an error naming the flag (ops.NoBrokerError).
+// The caller closes the Kafka transport (closeTransports).
+func (b *brokerConnFlags) republisher(env *Env) (*ingest.Republisher, error) {
+	r := &ingest.Republisher{}
+	var err error
+	if r.RabbitMQ, err = b.rabbitConn(env); err != nil {
+		return nil, err
 	}
-	store, err := ingest.NewStore(o.pool, o.db.outboxSchema, o.db.inboxSchema)
-	if err != nil {
-		return out, true, usageError("%v", err)
+	if r.Kafka, err = b.kafkaConn(env); err != nil {
+		return nil, err
 	}
-	from, err := store.Origin(ctx, ref.ID)
-	if err != nil || from == "" {
-		return out, false, nil // not found or a consumer's own: the usual path says so
-	}
-	ia := ingest.Action{Actor: a.Actor, Reason: a.Reason}
-	out = ops.Outcome{Ref: ref}
-	switch verb {
-	case "replay":
-		var b ingest.Brokers
-		switch from {
-		case ingest.FromRabbitMQ:
-			if b.RabbitMQ, err = o.brokers.rabbitConn(env); err != nil {
-				return out, true, err
-			}
-		case ingest.FromKafka:
-			defer o.brokers.closeTransports()
-			if b.Kafka, err = o.brokers.kafkaConn(env); err != nil {
-				return out, true, err
-			}
-		}
-		out.Result = "replayed"
-		out.Note, err = store.Replay(ctx, ia, ref.ID, b)
-	case "drop":
-		out.Result = "dropped"
-		err = store.Drop(ctx, ia, ref.ID)
-	case "restore":
-		out.Result = "restored"
-		err = store.Restore(ctx, ia, ref.ID)
-	case "edit":
-		err = fmt.Errorf("%s was ingested from %s: edit is not supported for broker dead letters; replay it, or drop it and publish a corrected message", ref, from)
-	default:
-		return out, false, nil
-	}
-	return out, true, err
+	return r, nil
 }
 
 // printOrigin shows where an ingested dead letter came from, one fact a

@@ -4,164 +4,99 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
-	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	amqp "github.com/rabbitmq/amqp091-go"
 	kafkago "github.com/segmentio/kafka-go"
+
+	"github.com/outboxkit/outboxkit/internal/ops"
+	"github.com/outboxkit/outboxkit/internal/wire"
 )
 
 // ReplayTimeoutDefault bounds one republish (connect, publish, confirm).
 const ReplayTimeoutDefault = 30 * time.Second
 
-// Action is who acts and why; both are required and audited.
-type Action struct {
-	Actor  string
-	Reason string
-}
-
-// Brokers are the connections a replay may need; only the broker the row
-// came from has to be set.
-type Brokers struct {
+// Republisher is the operator tools' ops.Republisher: it sends ingested
+// dead letters back to the broker they came from. RabbitMQ to
+// the original exchange and routing key from x-death, with publisher
+// confirms and mandatory routing; Kafka to the original topic and, while it
+// exists, partition, acknowledged by all in-sync replicas. The original
+// bytes, properties and headers go back, without the broker's dead-letter
+// headers. A nil connection means that broker is not configured.
+type Republisher struct {
 	RabbitMQ *RabbitMQConn
 	Kafka    *KafkaConn
-	// Timeout bounds the republish (default ReplayTimeoutDefault).
+	// Timeout bounds one republish (default ReplayTimeoutDefault).
 	Timeout time.Duration
 }
 
-// row is an ingested dead letter locked for an action.
-type row struct {
-	from    string
-	status  string
-	eventID uuid.UUID
-	payload []byte
-	headers json.RawMessage
-	source  map[string]any
-	before  json.RawMessage
-}
+var _ ops.Republisher = (*Republisher)(nil)
 
-// act runs fn on ingested row id, locked, in one transaction with its
-// audit entry.
-func (s *Store) act(ctx context.Context, a Action, id int64, fn func(tx pgx.Tx, r *row) (action string, after json.RawMessage, details map[string]any, err error)) error {
-	if a.Actor == "" || a.Reason == "" {
-		return errors.New("an actor and a reason are required")
+// Connected reports whether broker (ops.BrokerRabbitMQ or ops.BrokerKafka)
+// is configured.
+func (r *Republisher) Connected(broker string) bool {
+	switch broker {
+	case FromRabbitMQ:
+		return r.RabbitMQ != nil && r.RabbitMQ.URL != ""
+	case FromKafka:
+		return r.Kafka != nil && len(r.Kafka.Brokers) > 0
 	}
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		r := &row{}
-		var from *string
-		var src json.RawMessage
-		err := tx.QueryRow(ctx, s.sql.lock, id).Scan(&from, &r.status, &r.eventID, &r.payload, &r.headers, &src, &r.before)
-		var pgErr *pgconn.PgError
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			return fmt.Errorf("i:%d: %w", id, ErrNotFound)
-		case errors.As(err, &pgErr) && pgErr.Code == "55P03":
-			return fmt.Errorf("i:%d: %w", id, ErrBusy)
-		case err != nil:
-			return err
-		case from == nil:
-			return fmt.Errorf("i:%d: %w", id, ErrNotIngested)
-		}
-		r.from = *from
-		if err := json.Unmarshal(src, &r.source); err != nil {
-			return fmt.Errorf("i:%d: source: %w", id, err)
-		}
-		action, after, details, err := fn(tx, r)
-		if err != nil {
-			return err
-		}
-		details["ref"] = fmt.Sprintf("i:%d", id)
-		details["ingested_from"] = r.from
-		det, err := json.Marshal(details)
-		if err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, s.sql.audit, a.Actor, action, []string{fmt.Sprint(id), r.eventID.String()}, a.Reason,
-			r.before, after, det)
-		return err
-	})
+	return false
 }
 
-func (s *Store) move(ctx context.Context, tx pgx.Tx, id int64, from, to string) (json.RawMessage, error) {
-	var after json.RawMessage
-	if err := tx.QueryRow(ctx, s.sql.setStatus, id, from, to).Scan(&after); err != nil {
-		return nil, err
+// letter is a dead letter read for a republish.
+type letter struct {
+	*ops.BrokerLetter
+	source map[string]any
+}
+
+func read(l *ops.BrokerLetter) (*letter, error) {
+	r := &letter{BrokerLetter: l}
+	if err := json.Unmarshal(l.Source, &r.source); err != nil {
+		return nil, fmt.Errorf("%s: stored source: %w", l.Ref, err)
 	}
-	return after, nil
+	return r, nil
 }
 
-// Drop soft-deletes a parked ingested dead letter; Restore undoes it.
-func (s *Store) Drop(ctx context.Context, a Action, id int64) error {
-	return s.act(ctx, a, id, func(tx pgx.Tx, r *row) (string, json.RawMessage, map[string]any, error) {
-		if r.status != "parked" {
-			return "", nil, nil, fmt.Errorf("i:%d is %s, only parked dead letters are dropped: %w", id, r.status, ErrWrongStatus)
-		}
-		after, err := s.move(ctx, tx, id, "parked", "dropped")
-		return "drop", after, map[string]any{}, err
-	})
+// Target says where l goes back to, or ErrNoTarget when the message did
+// not say where it came from.
+func (r *Republisher) Target(l *ops.BrokerLetter) (ops.Destination, error) {
+	lt, err := read(l)
+	if err != nil {
+		return ops.Destination{Broker: l.From}, err
+	}
+	switch l.From {
+	case FromRabbitMQ:
+		return lt.rabbitTarget()
+	case FromKafka:
+		return lt.kafkaTarget()
+	}
+	return ops.Destination{Broker: l.From}, fmt.Errorf("%s: unknown broker %q", l.Ref, l.From)
 }
 
-// Restore puts a dropped ingested dead letter back to parked.
-func (s *Store) Restore(ctx context.Context, a Action, id int64) error {
-	return s.act(ctx, a, id, func(tx pgx.Tx, r *row) (string, json.RawMessage, map[string]any, error) {
-		if r.status != "dropped" {
-			return "", nil, nil, fmt.Errorf("i:%d is %s, only dropped dead letters are restored: %w", id, r.status, ErrWrongStatus)
-		}
-		after, err := s.move(ctx, tx, id, "dropped", "parked")
-		return "restore", after, map[string]any{}, err
-	})
-}
-
-// Replay republishes a parked ingested dead letter to where it came from
-// and marks it replayed. The row stays locked during the republish (one
-// row, bounded by Brokers.Timeout), so two operators never send it twice;
-// the publish is confirmed by the broker before the row changes. If the
-// database fails after the broker confirmed, the row stays parked and a
-// second replay sends the message again: consumers deduplicate by event id.
-// It returns where the message went.
-func (s *Store) Replay(ctx context.Context, a Action, id int64, b Brokers) (string, error) {
-	timeout := b.Timeout
+// Republish sends l back to its Target and returns once the broker has
+// confirmed it. The copy of an edit (l.CopyID set) gets the new event id
+// and names the original in wire.EditOfHeader.
+func (r *Republisher) Republish(ctx context.Context, l *ops.BrokerLetter) (ops.Destination, error) {
+	lt, err := read(l)
+	if err != nil {
+		return ops.Destination{Broker: l.From}, err
+	}
+	timeout := r.Timeout
 	if timeout <= 0 {
 		timeout = ReplayTimeoutDefault
 	}
-	var note string
-	err := s.act(ctx, a, id, func(tx pgx.Tx, r *row) (string, json.RawMessage, map[string]any, error) {
-		if r.status != "parked" {
-			return "", nil, nil, fmt.Errorf("i:%d is %s, only parked dead letters are replayed: %w", id, r.status, ErrWrongStatus)
-		}
-		pctx, cancel := context.WithTimeout(ctx, timeout)
-		defer cancel()
-		var target map[string]any
-		var err error
-		switch r.from {
-		case FromRabbitMQ:
-			if b.RabbitMQ == nil || b.RabbitMQ.URL == "" {
-				return "", nil, nil, fmt.Errorf("i:%d came from RabbitMQ: pass --rabbitmq-url (or set RABBITMQ_URL) to replay it", id)
-			}
-			target, err = republishRabbitMQ(pctx, b.RabbitMQ, r)
-		case FromKafka:
-			if b.Kafka == nil || len(b.Kafka.Brokers) == 0 {
-				return "", nil, nil, fmt.Errorf("i:%d came from Kafka: pass --kafka-brokers (or set KAFKA_BROKERS) to replay it", id)
-			}
-			target, err = republishKafka(pctx, b.Kafka, r)
-		default:
-			err = fmt.Errorf("i:%d: unknown broker %q", id, r.from)
-		}
-		if err != nil {
-			return "", nil, nil, fmt.Errorf("i:%d not replayed, still parked: %w", id, err)
-		}
-		note = fmt.Sprint(target["description"])
-		after, err := s.move(ctx, tx, id, "parked", "replayed")
-		if err != nil {
-			return "", nil, nil, fmt.Errorf("i:%d was republished (%s) but could not be marked replayed: %w; a second replay sends it again (consumers deduplicate by event id)", id, note, err)
-		}
-		return "replay", after, map[string]any{"republished_to": target}, nil
-	})
-	return note, err
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	switch {
+	case !r.Connected(l.From):
+		return ops.Destination{Broker: l.From}, fmt.Errorf("%s: no connection to %s is configured", l.Ref, l.From)
+	case l.From == FromRabbitMQ:
+		return lt.republishRabbitMQ(ctx, r.RabbitMQ)
+	default:
+		return lt.republishKafka(ctx, r.Kafka)
+	}
 }
 
 // bytesOf reads a value stored by textOrBase64.
@@ -178,32 +113,42 @@ func bytesOf(v any) ([]byte, bool) {
 	return nil, false
 }
 
-func republishRabbitMQ(ctx context.Context, c *RabbitMQConn, r *row) (map[string]any, error) {
-	exchangeB, ok := bytesOf(r.source["original_exchange"])
-	keyB, okKey := bytesOf(r.source["original_routing_key"])
+func (r *letter) rabbitTarget() (ops.Destination, error) {
+	d := ops.Destination{Broker: FromRabbitMQ}
+	exchange, ok := bytesOf(r.source["original_exchange"])
+	key, okKey := bytesOf(r.source["original_routing_key"])
 	if !ok || !okKey {
-		return nil, fmt.Errorf("%w: the message had no x-death header naming its original exchange and routing key", ErrNoTarget)
+		return d, fmt.Errorf("%w: the message had no x-death header naming its original exchange and routing key", ErrNoTarget)
 	}
-	exchange, key := string(exchangeB), string(keyB)
+	d.Exchange, d.RoutingKey = string(exchange), string(key)
+	return d, nil
+}
+
+func (r *letter) republishRabbitMQ(ctx context.Context, c *RabbitMQConn) (ops.Destination, error) {
+	d, err := r.rabbitTarget()
+	if err != nil {
+		return d, err
+	}
+	exchange, key := d.Exchange, d.RoutingKey
 	var hs []struct {
 		Name any    `json:"name"`
 		AMQP *typed `json:"amqp"`
 	}
-	if err := json.Unmarshal(r.headers, &hs); err != nil {
-		return nil, fmt.Errorf("stored headers: %w", err)
+	if err := json.Unmarshal(r.Headers, &hs); err != nil {
+		return d, fmt.Errorf("stored headers: %w", err)
 	}
 	table := amqp.Table{}
 	for _, h := range hs {
 		name, err := decodeName(h.Name)
 		if err != nil {
-			return nil, err
+			return d, err
 		}
 		if amqpDeathHeaders[name] || h.AMQP == nil {
 			continue
 		}
 		v, err := decodeValue(*h.AMQP)
 		if err != nil {
-			return nil, fmt.Errorf("header %q: %w", name, err)
+			return d, fmt.Errorf("header %q: %w", name, err)
 		}
 		table[name] = v
 	}
@@ -218,7 +163,7 @@ func republishRabbitMQ(ctx context.Context, c *RabbitMQConn, r *row) (map[string
 	}
 	msg := amqp.Publishing{Headers: table, ContentType: prop("content_type"), ContentEncoding: prop("content_encoding"),
 		DeliveryMode: uint8(num("delivery_mode")), Priority: uint8(num("priority")), CorrelationId: prop("correlation_id"),
-		ReplyTo: prop("reply_to"), MessageId: prop("message_id"), Type: prop("type"), AppId: prop("app_id"), Body: r.payload}
+		ReplyTo: prop("reply_to"), MessageId: prop("message_id"), Type: prop("type"), AppId: prop("app_id"), Body: r.Payload}
 	// Not restored: expiration (the TTL that may have expired it would
 	// expire it again) and user_id (the broker refuses a user id other
 	// than the replaying connection's own).
@@ -228,73 +173,115 @@ func republishRabbitMQ(ctx context.Context, c *RabbitMQConn, r *row) (map[string
 	if msg.DeliveryMode == 0 {
 		msg.DeliveryMode = amqp.Persistent
 	}
+	if r.CopyID != "" {
+		// The corrected copy is a new message: its own id, and the
+		// original's as its cause.
+		msg.MessageId = r.CopyID
+		if _, ok := table[wire.AMQPPrefix+wire.AttrID]; ok {
+			table[wire.AMQPPrefix+wire.AttrID] = r.CopyID
+			table[wire.AMQPPrefix+wire.AttrCausationID] = r.EventID
+		}
+		table[wire.EditOfHeader] = r.EventID
+	}
 	conn, err := c.dial(ctx, "outboxkit dlq replay")
 	if err != nil {
-		return nil, err
+		return d, err
 	}
 	defer conn.Close()
 	ch, err := conn.Channel()
 	if err != nil {
-		return nil, fmt.Errorf("open channel: %w", err)
+		return d, fmt.Errorf("open channel: %w", err)
 	}
 	defer ch.Close()
 	if err := ch.Confirm(false); err != nil {
-		return nil, fmt.Errorf("publisher confirms: %w", err)
+		return d, fmt.Errorf("publisher confirms: %w", err)
 	}
 	returns := ch.NotifyReturn(make(chan amqp.Return, 1))
 	dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, true, false, msg)
 	if err != nil {
-		return nil, fmt.Errorf("publish to exchange %q: %w", exchange, err)
+		return d, fmt.Errorf("publish to exchange %q: %w", exchange, err)
 	}
 	acked, err := dc.WaitContext(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("no publisher confirm: %w", err)
+		return d, fmt.Errorf("no publisher confirm: %w", err)
 	}
 	if !acked {
-		return nil, fmt.Errorf("RabbitMQ refused the message (nack) on exchange %q", exchange)
+		return d, fmt.Errorf("RabbitMQ refused the message (nack) on exchange %q", exchange)
 	}
 	// A mandatory message that no queue took is returned before its ack.
 	select {
 	case ret := <-returns:
-		return nil, fmt.Errorf("unroutable: exchange %q has no queue bound for routing key %q (%d %s); bind one, then replay again",
+		return d, fmt.Errorf("unroutable: exchange %q has no queue bound for routing key %q (%d %s); bind one, then replay again",
 			exchange, key, ret.ReplyCode, ret.ReplyText)
 	default:
 	}
-	return map[string]any{"broker": "rabbitmq", "exchange": exchange, "routing_key": key,
-		"description": fmt.Sprintf("republished to RabbitMQ exchange %q with routing key %q (confirmed)", exchange, key)}, nil
+	return d, nil
 }
 
-func republishKafka(ctx context.Context, c *KafkaConn, r *row) (map[string]any, error) {
-	topicB, ok := bytesOf(r.source["original_topic"])
-	if !ok || len(topicB) == 0 {
-		return nil, fmt.Errorf("%w: the record carried no original-topic header (outboxkit-dlt-original-topic, kafka_dlt-original-topic or __connect.errors.topic)", ErrNoTarget)
+func (r *letter) kafkaTarget() (ops.Destination, error) {
+	d := ops.Destination{Broker: FromKafka}
+	topic, ok := bytesOf(r.source["original_topic"])
+	if !ok || len(topic) == 0 {
+		return d, fmt.Errorf("%w: the record carried no original-topic header (outboxkit-dlt-original-topic, kafka_dlt-original-topic or __connect.errors.topic)", ErrNoTarget)
 	}
-	topic := string(topicB)
+	d.Topic = string(topic)
+	if p, ok := r.source["original_partition"].(float64); ok {
+		n := int(p)
+		d.Partition = &n
+	}
+	return d, nil
+}
+
+func (r *letter) republishKafka(ctx context.Context, c *KafkaConn) (ops.Destination, error) {
+	d, err := r.kafkaTarget()
+	if err != nil {
+		return d, err
+	}
 	var hs []struct {
 		Name  any `json:"name"`
 		Value any `json:"value"`
 	}
-	if err := json.Unmarshal(r.headers, &hs); err != nil {
-		return nil, fmt.Errorf("stored headers: %w", err)
+	if err := json.Unmarshal(r.Headers, &hs); err != nil {
+		return d, fmt.Errorf("stored headers: %w", err)
 	}
-	msg := kafkago.Message{Topic: topic, Value: r.payload}
+	msg := kafkago.Message{Topic: d.Topic, Value: r.Payload}
+	idHeader, causeHeader := wire.KafkaPrefix+wire.AttrID, wire.KafkaPrefix+wire.AttrCausationID
+	cloudEvent, caused := false, false
 	for _, h := range hs {
 		name, ok1 := bytesOf(h.Name)
 		value, ok2 := bytesOf(h.Value)
 		if !ok1 || !ok2 {
-			return nil, fmt.Errorf("stored header %v is malformed", h.Name)
+			return d, fmt.Errorf("stored header %v is malformed", h.Name)
 		}
 		if isDLTHeader(string(name)) {
 			continue
 		}
+		if r.CopyID != "" {
+			// The corrected copy is a new event: its own id, and the
+			// original's as its cause.
+			switch string(name) {
+			case idHeader:
+				value, cloudEvent = []byte(r.CopyID), true
+			case causeHeader:
+				value, caused = []byte(r.EventID), true
+			case wire.EditOfHeader:
+				continue
+			}
+		}
 		msg.Headers = append(msg.Headers, kafkago.Header{Key: string(name), Value: value})
+	}
+	if r.CopyID != "" {
+		if cloudEvent && !caused {
+			msg.Headers = append(msg.Headers, kafkago.Header{Key: causeHeader, Value: []byte(r.EventID)})
+		}
+		msg.Headers = append(msg.Headers, kafkago.Header{Key: wire.EditOfHeader, Value: []byte(r.EventID)})
 	}
 	if k, ok := bytesOf(r.source["key"]); ok {
 		msg.Key = k
 	}
 	partition := -1
-	if p, ok := r.source["original_partition"].(float64); ok {
-		partition = int(p)
+	if d.Partition != nil {
+		partition = *d.Partition
 	}
 	w := &kafkago.Writer{Addr: kafkago.TCP(c.Brokers...), Transport: c.roundTripper(), RequiredAcks: kafkago.RequireAll,
 		MaxAttempts: 3, WriteTimeout: 10 * time.Second,
@@ -310,8 +297,7 @@ func republishKafka(ctx context.Context, c *KafkaConn, r *row) (map[string]any, 
 		})}
 	defer w.Close()
 	if err := w.WriteMessages(ctx, msg); err != nil {
-		return nil, fmt.Errorf("write to Kafka topic %q: %w", topic, err)
+		return d, fmt.Errorf("write to Kafka topic %q: %w", d.Topic, err)
 	}
-	return map[string]any{"broker": "kafka", "topic": topic, "partition": partition,
-		"description": fmt.Sprintf("republished to Kafka topic %q (acknowledged by all in-sync replicas)", topic)}, nil
+	return d, nil
 }

@@ -4,7 +4,7 @@
 // or any producer following outboxkit's header convention) into
 // inbox.dead_letters, so that every failure is in one place and handled
 // with the same operator verbs (outboxkit dlq ingest, list, show, replay,
-// drop, restore).
+// redrive, edit, drop, restore).
 //
 // Each broker message becomes one row, marked by ingested_from (rabbitmq or
 // kafka) and identified by ingest_key, which is unique: the broker message
@@ -13,10 +13,12 @@
 // nothing. Conversion never fails: any payload and any headers, text or
 // not, nested or not, are stored faithfully.
 //
-// Replay of an ingested row republishes the original bytes and headers to
-// where the message came from (RabbitMQ: the original exchange and routing
-// key from x-death, with publisher confirms and mandatory routing; Kafka:
-// the original topic), then marks the row replayed, with its audit entry.
+// The operator tools (internal/ops) replay, redrive and edit ingested rows
+// through a Republisher, which sends the original bytes and headers (or a
+// corrected copy) back to where the message came from: RabbitMQ, the
+// original exchange and routing key from x-death, with publisher confirms
+// and mandatory routing; Kafka, the original topic. ops then marks the row
+// and writes its audit entry.
 package ingest
 
 import (
@@ -32,13 +34,14 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/outboxkit/outboxkit/internal/ops"
 	"github.com/outboxkit/outboxkit/internal/pgutil"
 )
 
 // Broker names, as stored in inbox.dead_letters.ingested_from.
 const (
-	FromRabbitMQ = "rabbitmq"
-	FromKafka    = "kafka"
+	FromRabbitMQ = ops.BrokerRabbitMQ
+	FromKafka    = ops.BrokerKafka
 )
 
 // Limits of what is stored as text; longer texts are cut (the payload and
@@ -51,15 +54,11 @@ const (
 
 // Errors callers branch on.
 var (
-	ErrNotIngested = errors.New("not an ingested dead letter: it belongs to an inbox consumer")
-	ErrNotFound    = errors.New("dead letter not found")
-	ErrWrongStatus = errors.New("not in a state that allows this action")
-	ErrBusy        = errors.New("another operator is acting on this dead letter right now; try again in a moment")
 	ErrSourceInUse = errors.New("source names an inbox consumer")
 	ErrNoTarget    = errors.New("the original destination is unknown")
 )
 
-// Store writes ingested dead letters and runs the actions on them.
+// Store writes ingested dead letters.
 type Store struct {
 	pool *pgxpool.Pool
 	sql  statements
@@ -133,19 +132,6 @@ func (s *Store) CheckSource(ctx context.Context, source string) error {
 		return fmt.Errorf("%w %q: its dead letters and the ingested ones would mix; pick another --source (the default is rabbitmq:<queue> or kafka:<topic>)", ErrSourceInUse, source)
 	}
 	return nil
-}
-
-// Origin returns FromRabbitMQ or FromKafka for an ingested row, "" for a
-// consumer's own dead letter, or ErrNotFound.
-func (s *Store) Origin(ctx context.Context, id int64) (string, error) {
-	var from string
-	if err := s.pool.QueryRow(ctx, s.sql.origin, id).Scan(&from); err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
-			return "", fmt.Errorf("i:%d: %w", id, ErrNotFound)
-		}
-		return "", err
-	}
-	return from, nil
 }
 
 // Result counts what a run ingested.

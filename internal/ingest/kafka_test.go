@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/outboxkit/outboxkit/internal/ops"
 	"github.com/outboxkit/outboxkit/internal/testenv"
 )
 
@@ -107,8 +108,10 @@ func TestKafkaIngestReplay(t *testing.T) {
 		t.Fatalf("re-read by another group: %+v %v, %d rows", res, err, b.rows(t))
 	}
 
-	a := Action{Actor: "oncall-ann", Reason: "schema fixed"}
-	if _, err := store.Replay(ctx, a, spring.ID, Brokers{Kafka: &KafkaConn{Brokers: k.Brokers}}); err != nil {
+	operator := b.operator(t, &Republisher{Kafka: &KafkaConn{Brokers: k.Brokers}})
+	a := ops.Action{Actor: "oncall-ann", Reason: "schema fixed"}
+	ref := func(id int64) ops.Ref { return ops.Ref{Kind: ops.KindInbox, ID: id} }
+	if _, err := operator.Replay(ctx, a, ref(spring.ID)); err != nil {
 		t.Fatal(err)
 	}
 	got := k.Records(t, orig, 1, 10*time.Second)
@@ -138,7 +141,49 @@ func TestKafkaIngestReplay(t *testing.T) {
 	if n != 1 {
 		t.Errorf("%d replay audit entries", n)
 	}
-	if _, err := store.Replay(ctx, a, bare.ID, Brokers{Kafka: &KafkaConn{Brokers: k.Brokers}}); !errors.Is(err, ErrNoTarget) {
+	if _, err := operator.Replay(ctx, a, ref(bare.ID)); !errors.Is(err, ErrNoTarget) {
 		t.Errorf("replay of a record without an original topic: %v", err)
+	}
+
+	// An edit sends a corrected copy of a CloudEvent to the original topic
+	// as a new event (new ce_id, the original as its cause and in
+	// outboxkit-edit-of); the row keeps the original payload.
+	editedID := uuid.NewString()
+	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: dlt, Partition: 1, Key: []byte("payout-10"), Value: []byte(`{"amount":"x"}`),
+		Headers: []kgo.RecordHeader{h("ce_id", []byte(editedID)), h("ce_type", []byte("payout.created")),
+			h("outboxkit-dlt-original-topic", []byte(orig)), h("outboxkit-dlt-original-partition", []byte("0")),
+			h("outboxkit-dlt-error", []byte("amount is not a number"))}}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Group = ""
+	if res, err := store.IngestKafka(ctx, cfg); err != nil || res.Ingested != 1 {
+		t.Fatalf("ingest of the record to edit: %+v %v", res, err)
+	}
+	row := b.row(t, "event_id = $1", uuid.MustParse(editedID))
+	out, err := operator.Edit(ctx, a, ref(row.ID), []byte(`{"amount":5}`), "")
+	if err != nil || out.Result != "edited" || out.NewEventID == "" || out.NewEventID == editedID {
+		t.Fatalf("edit: %+v %v", out, err)
+	}
+	got = k.Records(t, orig, 2, 10*time.Second)
+	if len(got) != 2 {
+		t.Fatalf("%d records in the original topic after the edit", len(got))
+	}
+	r = got[0]
+	if r.Partition == 2 { // the replay's
+		r = got[1]
+	}
+	headers := map[string]string{}
+	names = nil
+	for _, x := range r.Headers {
+		names = append(names, x.Key)
+		headers[x.Key] = string(x.Value)
+	}
+	if r.Partition != 0 || string(r.Key) != "payout-10" || string(r.Value) != `{"amount":5}` || headers["ce_id"] != out.NewEventID ||
+		headers["ce_causationid"] != editedID || headers["outboxkit-edit-of"] != editedID ||
+		strings.Join(names, ",") != "ce_id,ce_type,ce_causationid,outboxkit-edit-of" {
+		t.Errorf("the corrected copy: partition %d key %q value %q headers %v", r.Partition, r.Key, r.Value, r.Headers)
+	}
+	if after := b.row(t, "id = $1", row.ID); after.Status != "edited" || string(after.Payload) != `{"amount":"x"}` {
+		t.Errorf("the edited row: %s %q", after.Status, after.Payload)
 	}
 }

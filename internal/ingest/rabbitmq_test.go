@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/outboxkit/outboxkit/internal/ops"
 	"github.com/outboxkit/outboxkit/internal/testenv"
 )
 
@@ -156,6 +157,17 @@ func newBundle(t *testing.T) *bundle {
 		t.Fatal(err)
 	}
 	return &bundle{db: db, store: s, topo: newRabbitTopology(t)}
+}
+
+// operator is the operator tools' store on the bundle's database, sending
+// broker dead letters back through rep.
+func (b *bundle) operator(t *testing.T, rep *Republisher) *ops.Store {
+	t.Helper()
+	s, err := ops.New(b.db.Pool, "outbox", "inbox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.WithRepublisher(rep)
 }
 
 func (b *bundle) rabbitCfg() RabbitMQConfig {
@@ -396,8 +408,9 @@ func TestRabbitMQAckAfterCommit(t *testing.T) {
 	}
 }
 
-// Replay sends the original bytes, properties and headers (without the
-// broker's x-death) back to the original exchange and routing key, where
+// A replay by the operator tools, through the Republisher, sends the
+// original bytes, properties and headers (without the broker's x-death)
+// back to the original exchange and routing key, where
 // the work queue receives them; the row is marked replayed with its audit
 // entry. Drop and restore are audited too; an unroutable or
 // destination-less message is not replayed and stays parked.
@@ -418,12 +431,13 @@ func TestRabbitMQReplayDropRestore(t *testing.T) {
 		t.Fatalf("ingest: %+v %v", res, err)
 	}
 	row := b.row(t, "event_id = $1", uuid.MustParse(id))
-	brokers := Brokers{RabbitMQ: &RabbitMQConn{URL: testenv.RabbitURL()}}
-	a := Action{Actor: "oncall-ann", Reason: "consumer fixed in 1.4.2"}
+	store := b.operator(t, &Republisher{RabbitMQ: &RabbitMQConn{URL: testenv.RabbitURL()}})
+	a := ops.Action{Actor: "oncall-ann", Reason: "consumer fixed in 1.4.2"}
+	ref := func(id int64) ops.Ref { return ops.Ref{Kind: ops.KindInbox, ID: id} }
 
-	note, err := b.store.Replay(ctx, a, row.ID, brokers)
-	if err != nil || !strings.Contains(note, b.topo.ex) {
-		t.Fatalf("replay: %q %v", note, err)
+	out, err := store.Replay(ctx, a, ref(row.ID))
+	if err != nil || !strings.Contains(out.Note, b.topo.ex) {
+		t.Fatalf("replay: %+v %v", out, err)
 	}
 	var got amqp.Delivery
 	testenv.Eventually(t, 10*time.Second, "the replayed message in the work queue", func() bool {
@@ -455,16 +469,16 @@ func TestRabbitMQReplayDropRestore(t *testing.T) {
 		id).Scan(&actor, &reason, &details); err != nil || actor != a.Actor || reason != a.Reason {
 		t.Errorf("replay audit: %q %q %v %v", actor, reason, details, err)
 	}
-	if _, err := b.store.Replay(ctx, a, row.ID, brokers); !errors.Is(err, ErrWrongStatus) {
+	if _, err := store.Replay(ctx, a, ref(row.ID)); !errors.Is(err, ops.ErrWrongStatus) {
 		t.Errorf("second replay: %v", err)
 	}
 
 	// Drop, then restore, then unroutable: the original binding is gone.
 	two := b.row(t, "payload = $1", []byte("two"))
-	if err := b.store.Drop(ctx, a, two.ID); err != nil || b.row(t, "id = $1", two.ID).Status != "dropped" {
+	if _, err := store.Drop(ctx, a, ref(two.ID)); err != nil || b.row(t, "id = $1", two.ID).Status != "dropped" {
 		t.Fatalf("drop: %v", err)
 	}
-	if err := b.store.Restore(ctx, a, two.ID); err != nil || b.row(t, "id = $1", two.ID).Status != "parked" {
+	if _, err := store.Restore(ctx, a, ref(two.ID)); err != nil || b.row(t, "id = $1", two.ID).Status != "parked" {
 		t.Fatalf("restore: %v", err)
 	}
 	var actions []string
@@ -480,25 +494,20 @@ func TestRabbitMQReplayDropRestore(t *testing.T) {
 	if err := b.topo.ch.QueueUnbind(b.topo.work, "payments", b.topo.ex, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.store.Replay(ctx, a, two.ID, brokers); err == nil || !strings.Contains(err.Error(), "unroutable") {
+	if _, err := store.Replay(ctx, a, ref(two.ID)); err == nil || !strings.Contains(err.Error(), "unroutable") {
 		t.Errorf("replay without a bound queue: %v", err)
 	}
 	if r := b.row(t, "id = $1", two.ID); r.Status != "parked" {
 		t.Errorf("an unroutable replay changed the row to %s", r.Status)
 	}
 	orphan := b.row(t, "payload = $1", []byte("orphan"))
-	if _, err := b.store.Replay(ctx, a, orphan.ID, brokers); !errors.Is(err, ErrNoTarget) {
+	if _, err := store.Replay(ctx, a, ref(orphan.ID)); !errors.Is(err, ErrNoTarget) {
 		t.Errorf("replay without x-death: %v", err)
 	}
-	// A consumer's own dead letter is not the ingester's to act on.
-	var own int64
-	if err := b.db.Pool.QueryRow(ctx, `INSERT INTO inbox.dead_letters (consumer, consumer_version, topic, payload, error, error_class,
-	    attempts, status, first_failed_at, last_failed_at) VALUES ('billing', '1', 't', '', 'e', 'permanent', 1, 'parked', now(), now())
-	    RETURNING id`).Scan(&own); err != nil {
+	// An ingest source may not be named like an inbox consumer.
+	if _, err := b.db.Pool.Exec(ctx, `INSERT INTO inbox.dead_letters (consumer, consumer_version, topic, payload, error, error_class,
+	    attempts, status, first_failed_at, last_failed_at) VALUES ('billing', '1', 't', '', 'e', 'permanent', 1, 'parked', now(), now())`); err != nil {
 		t.Fatal(err)
-	}
-	if err := b.store.Drop(ctx, a, own); !errors.Is(err, ErrNotIngested) {
-		t.Errorf("drop of a consumer's dead letter: %v", err)
 	}
 	if err := b.store.CheckSource(ctx, "billing"); !errors.Is(err, ErrSourceInUse) {
 		t.Errorf("source named like a consumer: %v", err)

@@ -2,8 +2,8 @@ package ingest
 
 import "strings"
 
-// Every statement of the ingester and of the actions on ingested rows.
-// {{O}} is the quoted outbox schema, {{I}} the quoted inbox schema; values
+// Every statement of the ingester (the actions on ingested rows are the
+// operator tools', internal/ops). {{O}} is the quoted outbox schema, {{I}} the quoted inbox schema; values
 // are bind parameters.
 const (
 	// insertSQL stores one broker dead letter and its audit entry in one
@@ -34,33 +34,13 @@ SELECT id FROM ins`
 	// dead_letters_consumer_status_idx).
 	sourceInUseSQL = `SELECT EXISTS (SELECT 1 FROM {{I}}.processed WHERE consumer = $1)
     OR EXISTS (SELECT 1 FROM {{I}}.dead_letters WHERE consumer = $1 AND ingested_from IS NULL)`
-
-	// lockSQL reads an ingested row for an action and locks it; NOWAIT so
-	// that a second operator acting on the same row at once is told so
-	// instead of waiting for a broker round trip.
-	lockSQL = `SELECT d.ingested_from, d.status, d.event_id, d.payload, d.headers, d.source,
-       to_jsonb(d) - 'payload' - 'edited_payload' - 'headers' || jsonb_build_object('payload_bytes', length(d.payload))
-  FROM {{I}}.dead_letters d WHERE d.id = $1
-   FOR UPDATE NOWAIT`
-
-	originSQL = `SELECT coalesce(ingested_from, '') FROM {{I}}.dead_letters WHERE id = $1`
-
-	// setStatusSQL moves an ingested row from one status to another.
-	setStatusSQL = `UPDATE {{I}}.dead_letters d
-   SET status = $3, resolved_at = CASE WHEN $3 = 'parked' THEN NULL ELSE now() END
- WHERE d.id = $1 AND d.status = $2 AND d.ingested_from IS NOT NULL
-RETURNING to_jsonb(d) - 'payload' - 'edited_payload' - 'headers' || jsonb_build_object('payload_bytes', length(d.payload))`
-
-	auditSQL = `INSERT INTO {{O}}.audit_log (actor, action, target_kind, target_ids, reason, before, after, details)
-VALUES ($1, $2, 'dead_letter', $3, $4, $5, $6, $7)`
 )
 
 type statements struct {
-	insert, existing, sourceInUse, lock, origin, setStatus, audit string
+	insert, existing, sourceInUse string
 }
 
 func renderStatements(outboxIdent, inboxIdent string) statements {
 	r := strings.NewReplacer("{{O}}", outboxIdent, "{{I}}", inboxIdent).Replace
-	return statements{insert: r(insertSQL), existing: r(existingSQL), sourceInUse: r(sourceInUseSQL), lock: r(lockSQL),
-		origin: r(originSQL), setStatus: r(setStatusSQL), audit: r(auditSQL)}
+	return statements{insert: r(insertSQL), existing: r(existingSQL), sourceInUse: r(sourceInUseSQL)}
 }

@@ -41,6 +41,9 @@ type Outcome struct {
 	// Request is the inbox request the consumer runs (replay, edit, or the
 	// release of a key after a drop); 0 when none.
 	Request int64 `json:"request,omitempty"`
+	// NewEventID is the event id of the corrected copy an edit of a broker
+	// dead letter sent (it has no row of its own).
+	NewEventID string `json:"new_event_id,omitempty"`
 }
 
 // inTx runs fn in a transaction.
@@ -85,10 +88,12 @@ func (s *Store) audit(ctx context.Context, tx pgx.Tx, a Action, action string, i
 
 // Replay puts a parked outbox event back to pending with a fresh attempt
 // budget. A lane it blocks stays blocked until the relay has published it,
-// so the lane's later events still follow it.
+// so the lane's later events still follow it. An inbox dead letter is
+// replayed by its consumer (a request), a broker dead letter is sent back
+// to its broker (replayDeadLetter).
 func (s *Store) Replay(ctx context.Context, a Action, ref Ref) (Outcome, error) {
 	if ref.Kind == KindInbox {
-		return s.requestOnDeadLetter(ctx, a, ref, "replay", nil)
+		return s.replayDeadLetter(ctx, a, ref, false, nil)
 	}
 	if err := a.check(); err != nil {
 		return Outcome{}, err
@@ -242,7 +247,8 @@ func (s *Store) Restore(ctx context.Context, a Action, ref Ref) (Outcome, error)
 // the header outboxkit-edit-of, and takes the original's place in its lane
 // (same sequence). The original row is kept with its payload untouched and
 // its status set to dropped, so it is never published. A lane that waited
-// for the original now waits for the copy.
+// for the original now waits for the copy. For inbox and broker dead
+// letters, see replayDeadLetter.
 func (s *Store) Edit(ctx context.Context, a Action, ref Ref, payload []byte, contentType string) (Outcome, error) {
 	if err := s.needApproval(ctx, a, "edit"); err != nil {
 		return Outcome{}, err
@@ -251,7 +257,7 @@ func (s *Store) Edit(ctx context.Context, a Action, ref Ref, payload []byte, con
 		if contentType != "" {
 			return Outcome{}, fmt.Errorf("%s: the content type of an inbox dead letter comes from its stored headers; edit the payload only: %w", ref, ErrWrongStatus)
 		}
-		return s.requestOnDeadLetter(ctx, a, ref, "edit", payload)
+		return s.replayDeadLetter(ctx, a, ref, true, payload)
 	}
 	if err := a.check(); err != nil {
 		return Outcome{}, err
@@ -315,9 +321,10 @@ func (opt RedriveOptions) sleeper() func(context.Context, time.Duration) error {
 
 // Redrive replays every parked outbox event matching f, in key order,
 // rate-limited. A dry run changes nothing and says what would happen. With
-// f.Kind inbox (or f.Consumer set) it requests a replay of every parked
-// inbox dead letter matching f instead, in key order, rate-limited: each
-// consumer runs its requests in that order.
+// f.Kind inbox (or f.Consumer set) it replays every parked inbox dead
+// letter matching f instead, in key order, rate-limited: a consumer's own
+// becomes a request (each consumer runs its requests in that order), a
+// broker dead letter is sent back to its broker (redriveInbox).
 func (s *Store) Redrive(ctx context.Context, a Action, f Filter, opt RedriveOptions) ([]Outcome, error) {
 	if err := a.check(); err != nil {
 		return nil, err
@@ -327,21 +334,17 @@ func (s *Store) Redrive(ctx context.Context, a Action, f Filter, opt RedriveOpti
 			return nil, err
 		}
 	}
-	if f.Limit <= 0 {
-		f.Limit = 10000
-	}
 	if opt.PerSec <= 0 {
 		opt.PerSec = 50
 	}
-	sleep := opt.sleeper()
-	if f.Kind == KindInbox || f.Consumer != "" {
-		return s.redriveInbox(ctx, a, f, opt, sleep)
-	}
-	f.Kind, f.Dropped = KindOutbox, false
-	items, err := s.List(ctx, f)
+	f, items, err := s.redriveItems(ctx, f)
 	if err != nil {
 		return nil, err
 	}
+	if f.Kind == KindInbox {
+		return s.redriveInbox(ctx, a, items, opt)
+	}
+	sleep := opt.sleeper()
 	gap := time.Duration(float64(time.Second) / opt.PerSec)
 	var outs []Outcome
 	for i, it := range items {
@@ -368,4 +371,31 @@ func (s *Store) Redrive(ctx context.Context, a Action, f Filter, opt RedriveOpti
 		}
 	}
 	return outs, nil
+}
+
+// redriveItems returns what a redrive of f runs on, in key order: the
+// parked outbox events matching f or, with f.Kind inbox or f.Consumer set,
+// the parked inbox dead letters matching f (at most f.Limit, default
+// 10000). It returns f as it applied it.
+func (s *Store) redriveItems(ctx context.Context, f Filter) (Filter, []Item, error) {
+	f.Dropped = false
+	if f.Limit <= 0 {
+		f.Limit = 10000
+	}
+	if f.Kind == KindInbox || f.Consumer != "" {
+		f.Kind = KindInbox
+	} else {
+		f.Kind = KindOutbox
+	}
+	items, err := s.List(ctx, f)
+	if err != nil {
+		return f, nil, err
+	}
+	parked := items[:0]
+	for _, it := range items {
+		if it.Status == "parked" {
+			parked = append(parked, it)
+		}
+	}
+	return f, parked, nil
 }

@@ -191,22 +191,12 @@ func (s *Store) RequestApproval(ctx context.Context, a Action, spec ApprovalSpec
 		if spec.Filter == nil {
 			return nil, errors.New("a redrive approval needs a filter")
 		}
-		f := *spec.Filter
-		f.Dropped = false
-		if f.Limit <= 0 {
-			f.Limit = 10000
-		}
-		if f.Consumer != "" {
-			f.Kind = KindInbox
-		}
-		items, err := s.List(ctx, f)
+		f, items, err := s.redriveItems(ctx, *spec.Filter)
 		if err != nil {
 			return nil, err
 		}
 		for _, it := range items {
-			if it.Status == "parked" {
-				refs = append(refs, it.Ref.String())
-			}
+			refs = append(refs, it.Ref.String())
 		}
 		if len(refs) == 0 {
 			return nil, fmt.Errorf("nothing parked matches the filter: %w", ErrNotFound)
@@ -285,7 +275,9 @@ func (s *Store) Approvals(ctx context.Context, all bool, limit int) ([]*Approval
 
 // decide takes pending approval id for a decision by a (status running for
 // an approval, rejected for a rejection), audited, and returns it as it was.
-func (s *Store) decide(ctx context.Context, a Action, id int64, status string) (*Approval, error) {
+// An approval runs only if ready, when set, finds nothing missing to run it
+// with; otherwise it stays pending.
+func (s *Store) decide(ctx context.Context, a Action, id int64, status string, ready func(*Approval) error) (*Approval, error) {
 	if err := a.check(); err != nil {
 		return nil, err
 	}
@@ -326,6 +318,11 @@ func (s *Store) decide(ctx context.Context, a Action, id int64, status string) (
 						id, login, ErrOwnApproval)
 				}
 			}
+			if ready != nil {
+				if err := ready(ap); err != nil {
+					return fmt.Errorf("approval %d stays pending: %w", id, err)
+				}
+			}
 		}
 		tag, err := tx.Exec(ctx, s.ap.decide, id, status, a.Actor, a.Reason)
 		if err != nil {
@@ -343,7 +340,7 @@ func (s *Store) decide(ctx context.Context, a Action, id int64, status string) (
 
 // Reject refuses pending approval id; the requester may withdraw their own.
 func (s *Store) Reject(ctx context.Context, a Action, id int64) error {
-	_, err := s.decide(ctx, a, id, "rejected")
+	_, err := s.decide(ctx, a, id, "rejected", nil)
 	return err
 }
 
@@ -353,21 +350,27 @@ func (s *Store) Reject(ctx context.Context, a Action, id int64) error {
 // the requester as actor (with their reason) and name the approval and its
 // approver. opt applies to a redrive (progress; the rate is the one asked).
 func (s *Store) Approve(ctx context.Context, a Action, id int64, opt RedriveOptions) ([]Outcome, error) {
-	ap, err := s.decide(ctx, a, id, "running")
+	var refs []Ref
+	ap, err := s.decide(ctx, a, id, "running", func(ap *Approval) error {
+		refs = make([]Ref, 0, len(ap.Refs))
+		for _, text := range ap.Refs {
+			ref, err := s.ParseRef(ctx, text)
+			if err != nil {
+				return err
+			}
+			refs = append(refs, ref)
+		}
+		if ap.Verb == "drop" {
+			return nil
+		}
+		return s.brokersReady(ctx, refs)
+	})
 	if err != nil {
 		return nil, err
 	}
 	run := Action{Actor: ap.RequestedBy, Reason: ap.Reason, approval: ap.ID, approvedBy: a.Actor}
 	var outs []Outcome
 	var runErr error
-	refs := make([]Ref, 0, len(ap.Refs))
-	for _, text := range ap.Refs {
-		ref, err := s.ParseRef(ctx, text)
-		if err != nil {
-			return nil, err
-		}
-		refs = append(refs, ref)
-	}
 	switch ap.Verb {
 	case "redrive":
 		opt.PerSec = ap.PerSec

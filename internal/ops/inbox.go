@@ -66,6 +66,15 @@ func (d *deadLetter) targets(ref Ref) []string {
 	return t
 }
 
+// details are the audit details every action on d starts with.
+func (d *deadLetter) details(ref Ref) map[string]any {
+	m := map[string]any{"ref": ref.String(), "consumer": d.consumer}
+	if d.ingested != "" {
+		m["ingested_from"] = d.ingested
+	}
+	return m
+}
+
 // inboxLane is the consumer's lane of a dead letter's key, locked.
 type inboxLane struct {
 	exists    bool
@@ -112,6 +121,24 @@ func (s *Store) auditInbox(ctx context.Context, tx pgx.Tx, a Action, action stri
 func sha256Hex(b []byte) string {
 	h := sha256.Sum256(b)
 	return hex.EncodeToString(h[:])
+}
+
+// replayDeadLetter replays dead letter ref, or with edit applies payload in
+// its place. A consumer's own dead letter becomes a request its consumer
+// runs; a broker dead letter (outboxkit dlq ingest) is sent back to its
+// broker from here (ingested.go).
+func (s *Store) replayDeadLetter(ctx context.Context, a Action, ref Ref, edit bool, payload []byte) (Outcome, error) {
+	from, err := s.ingestedFrom(ctx, ref)
+	if err != nil {
+		return Outcome{}, err
+	}
+	if from != "" {
+		return s.sendIngested(ctx, a, ref, edit, payload)
+	}
+	if edit {
+		return s.requestOnDeadLetter(ctx, a, ref, "edit", payload)
+	}
+	return s.requestOnDeadLetter(ctx, a, ref, "replay", nil)
 }
 
 // requestOnDeadLetter records a replay or edit request for the consumer of
@@ -204,7 +231,7 @@ func (s *Store) dropDeadLetter(ctx context.Context, a Action, ref Ref) (Outcome,
 		if err := tx.QueryRow(ctx, s.in.dropDeadLetter, ref.ID).Scan(&after); err != nil {
 			return err
 		}
-		details := map[string]any{"ref": ref.String(), "consumer": d.consumer}
+		details := d.details(ref)
 		cancelled, err := s.cancelRequests(ctx, tx, a, ref, "cancelled: the dead letter was dropped by "+a.Actor)
 		if err != nil {
 			return err
@@ -296,7 +323,7 @@ func (s *Store) restoreDeadLetter(ctx context.Context, a Action, ref Ref) (Outco
 				return err
 			}
 		}
-		details := map[string]any{"ref": ref.String(), "consumer": d.consumer}
+		details := d.details(ref)
 		exact := drop.LastBefore == nil // the drop did not move the key
 		if drop.LastBefore != nil && lane.exists && lane.last == *drop.LastAfter {
 			switch {
@@ -336,33 +363,30 @@ func (s *Store) restoreDeadLetter(ctx context.Context, a Action, ref Ref) (Outco
 	return out, err
 }
 
-// redriveInbox requests a replay of every parked inbox dead letter matching
-// f, in key order, rate-limited; a dry run changes nothing.
-func (s *Store) redriveInbox(ctx context.Context, a Action, f Filter, opt RedriveOptions, sleep func(context.Context, time.Duration) error) ([]Outcome, error) {
-	f.Kind, f.Dropped = KindInbox, false
-	items, err := s.List(ctx, f)
-	if err != nil {
+// redriveInbox replays the parked inbox dead letters items (redriveItems),
+// in their order (key order), rate-limited: a consumer's own becomes a
+// replay request, which each consumer runs in that order; a broker dead
+// letter is sent back to its broker at once. A dry run changes nothing and
+// says what would happen to each.
+func (s *Store) redriveInbox(ctx context.Context, a Action, items []Item, opt RedriveOptions) ([]Outcome, error) {
+	var targets map[int64]brokerTarget
+	var err error
+	if opt.DryRun {
+		if targets, err = s.brokerTargets(ctx, items); err != nil {
+			return nil, err
+		}
+	} else if err := s.itemsReady(items); err != nil {
+		// Every broker the run needs must be configured before anything
+		// runs: a redrive that failed half-way for a missing flag would
+		// leave the operator to sort out what ran.
 		return nil, err
 	}
-	parked := items[:0]
-	for _, it := range items {
-		if it.Status == "parked" {
-			parked = append(parked, it)
-		}
-	}
+	sleep := opt.sleeper()
 	gap := time.Duration(float64(time.Second) / opt.PerSec)
 	var outs []Outcome
-	for i, it := range parked {
+	for i, it := range items {
 		if opt.DryRun {
-			note := fmt.Sprintf("%s %s key %q #%d, consumer %s, %s: %s", it.Type, it.EventID, it.Key, it.Sequence, it.Consumer,
-				it.ErrorClass, it.Error)
-			if it.Waiting > 0 {
-				note += fmt.Sprintf(" (%d later events of the key follow it)", it.Waiting)
-			}
-			if it.Request != nil && it.Request.Status == "pending" {
-				note += fmt.Sprintf(" (request #%d is pending already: skipped)", it.Request.ID)
-			}
-			outs = append(outs, Outcome{Ref: it.Ref, Result: "would request a replay", Note: note})
+			outs = append(outs, s.redriveDryRun(it, targets[it.Ref.ID]))
 			continue
 		}
 		if i > 0 {
@@ -370,19 +394,58 @@ func (s *Store) redriveInbox(ctx context.Context, a Action, f Filter, opt Redriv
 				return outs, err
 			}
 		}
-		o, err := s.requestOnDeadLetter(ctx, a, it.Ref, "replay", nil)
+		var o Outcome
+		var err error
+		if it.IngestedFrom != "" {
+			o, err = s.sendIngested(ctx, a, it.Ref, false, nil)
+		} else {
+			o, err = s.requestOnDeadLetter(ctx, a, it.Ref, "replay", nil)
+		}
 		switch {
-		case errors.Is(err, ErrRequestPending), errors.Is(err, errIngested):
+		case errors.Is(err, ErrRequestPending):
 			o = Outcome{Ref: it.Ref, Result: "skipped", Note: err.Error()}
 		case err != nil:
 			o = Outcome{Ref: it.Ref, Result: "failed", Note: err.Error()}
 		}
 		outs = append(outs, o)
 		if opt.Progress != nil {
-			opt.Progress(i+1, len(parked))
+			opt.Progress(i+1, len(items))
 		}
 	}
 	return outs, nil
+}
+
+// redriveDryRun says what a redrive would do to dead letter it; t is where
+// a broker dead letter would go.
+func (s *Store) redriveDryRun(it Item, t brokerTarget) Outcome {
+	if it.IngestedFrom != "" {
+		note := fmt.Sprintf("%s, %s: %s", it.Consumer, it.ErrorClass, it.Error)
+		if it.Key != "" {
+			note = fmt.Sprintf("key %q, %s", it.Key, note)
+		}
+		switch {
+		case t.err != nil && !errors.Is(t.err, ErrNoBroker):
+			return Outcome{Ref: it.Ref, Result: "would fail", Note: fmt.Sprintf("%v (%s)", t.err, note)}
+		case t.err != nil:
+			note = fmt.Sprintf("sent back to its origin on %s (%s)", brokerName(it.IngestedFrom), note)
+		default:
+			note = fmt.Sprintf("sent back to %s (%s)", t.dest, note)
+		}
+		var nb *NoBrokerError
+		if err := s.BrokerReady(it.IngestedFrom); errors.As(err, &nb) {
+			note += fmt.Sprintf("; the real run needs %s", nb.Flag)
+		}
+		return Outcome{Ref: it.Ref, Result: "would replay", Note: note}
+	}
+	note := fmt.Sprintf("%s %s key %q #%d, consumer %s, %s: %s", it.Type, it.EventID, it.Key, it.Sequence, it.Consumer,
+		it.ErrorClass, it.Error)
+	if it.Waiting > 0 {
+		note += fmt.Sprintf(" (%d later events of the key follow it)", it.Waiting)
+	}
+	if it.Request != nil && it.Request.Status == "pending" {
+		note += fmt.Sprintf(" (request #%d is pending already: skipped)", it.Request.ID)
+	}
+	return Outcome{Ref: it.Ref, Result: "would request a replay", Note: note}
 }
 
 // attachRequests adds to inbox items the number of dead letters blocked

@@ -37,6 +37,8 @@ type Store struct {
 	sql  statements
 	in   inboxStatements    // inbox dead letters (inbox.go)
 	ap   approvalStatements // the two-person rule (approvals.go)
+
+	republisher Republisher // sends broker dead letters back (ingested.go); nil: none
 }
 
 // New returns a Store on the given schemas (quoted wherever they reach SQL).
@@ -135,6 +137,9 @@ type Item struct {
 	PayloadBytes    int       `json:"payload_bytes"`
 	Waiting         int       `json:"waiting,omitempty"` // later events of the key held behind it
 	Request         *Request  `json:"request,omitempty"` // inbox: the latest operator request and its outcome
+	// IngestedFrom is rabbitmq or kafka for a dead letter the broker made
+	// and outboxkit dlq ingest copied: a replay sends it back there.
+	IngestedFrom string `json:"ingested_from,omitempty"`
 }
 
 // MarshalText makes Ref print as o:1 / i:2 in JSON.
@@ -202,7 +207,7 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Item, error) {
 		var it Item
 		_, err = pgx.ForEachRow(rows, []any{&it.Ref.ID, &it.EventID, &it.Topic, &it.Key, &it.Sequence, &it.Type, &it.Version,
 			&it.Status, &it.Attempts, &it.ErrorClass, &it.Error, &it.CorrelationID, &it.Consumer, &it.ConsumerVersion,
-			&it.FirstFailedAt, &it.LastFailedAt, &it.PayloadBytes}, func() error {
+			&it.FirstFailedAt, &it.LastFailedAt, &it.PayloadBytes, &it.IngestedFrom}, func() error {
 			c := it
 			c.Ref.Kind, c.Kind = KindInbox, KindInbox
 			out = append(out, c)
@@ -247,12 +252,10 @@ type Detail struct {
 	BlockedBy   int64             `json:"blocked_by,omitempty"`
 	Payload     []byte            `json:"payload"`
 	History     []Attempt         `json:"attempts_history"`
-	// IngestedFrom is rabbitmq or kafka for a dead letter the broker made
-	// and outboxkit dlq ingest copied; Origin then says where it came from
-	// (x-death, original exchange and routing key, or original topic).
-	IngestedFrom string         `json:"ingested_from,omitempty"`
-	Origin       map[string]any `json:"origin,omitempty"`
-	Requests     []Request      `json:"requests,omitempty"` // inbox: operator requests, oldest first
+	// Origin says where a broker dead letter (Item.IngestedFrom) came from:
+	// x-death, original exchange and routing key, or original topic.
+	Origin   map[string]any `json:"origin,omitempty"`
+	Requests []Request      `json:"requests,omitempty"` // inbox: operator requests, oldest first
 }
 
 // inboxHeaders reads inbox.dead_letters.headers as the inbox writes them

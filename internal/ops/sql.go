@@ -25,7 +25,8 @@ const listParkedSQL = `SELECT m.id, m.event_id, m.topic, m.key, coalesce(m.seque
 
 const listDeadLettersSQL = `SELECT d.id, coalesce(d.event_id::text, ''), d.topic, d.key, coalesce(d.sequence, 0), coalesce(d.type, ''),
        coalesce(d.version, 0), d.status, d.attempts, d.error_class, d.error, coalesce(d.correlation_id, ''),
-       d.consumer, d.consumer_version, d.first_failed_at, d.last_failed_at, length(d.payload)
+       d.consumer, d.consumer_version, d.first_failed_at, d.last_failed_at, length(d.payload),
+       coalesce(d.ingested_from, '')
   FROM {{I}}.dead_letters d
  WHERE d.status = ANY($1::text[])
    AND ($2::text IS NULL OR d.topic = $2)
@@ -292,7 +293,7 @@ func renderStatements(outboxIdent, inboxIdent string) statements {
 const (
 	// lockDeadLetterSQL is the audit "before" of a dead letter and what an
 	// action decides on, locked against the consumer and other operators.
-	lockDeadLetterSQL = `SELECT to_jsonb(d) - 'payload' - 'headers' || jsonb_build_object('payload_bytes', length(d.payload)),
+	lockDeadLetterSQL = `SELECT to_jsonb(d) - 'payload' - 'edited_payload' - 'headers' || jsonb_build_object('payload_bytes', length(d.payload)),
        d.status, d.consumer, coalesce(d.event_id::text, ''), d.topic, d.key, coalesce(d.sequence, 0),
        coalesce(d.blocked_by, 0), d.waiting_for, coalesce(d.ingested_from, '')
   FROM {{I}}.dead_letters d WHERE d.id = $1 FOR UPDATE`
@@ -320,12 +321,12 @@ RETURNING id`
 	dropDeadLetterSQL = `UPDATE {{I}}.dead_letters
    SET status = 'dropped', resolved_at = now(), blocked_by = NULL, waiting_for = NULL
  WHERE id = $1 AND status = 'parked'
-RETURNING to_jsonb(dead_letters) - 'payload' - 'headers'`
+RETURNING to_jsonb(dead_letters) - 'payload' - 'edited_payload' - 'headers'`
 
 	restoreDeadLetterSQL = `UPDATE {{I}}.dead_letters
    SET status = 'parked', resolved_at = NULL, waiting_for = $2
  WHERE id = $1 AND status = 'dropped'
-RETURNING to_jsonb(dead_letters) - 'payload' - 'headers'`
+RETURNING to_jsonb(dead_letters) - 'payload' - 'edited_payload' - 'headers'`
 
 	// openBehindSQL: is any dead letter of the lane still to be applied
 	// after sequence $4 (dead_letters_lane_idx)?
@@ -348,6 +349,29 @@ RETURNING to_jsonb(dead_letters) - 'payload' - 'headers'`
  ORDER BY id DESC LIMIT 1`
 
 	requestStatusSQL = `SELECT status FROM {{I}}.dead_letter_requests WHERE id = $1 FOR UPDATE`
+
+	// Broker dead letters (ingested.go). ingested_from never changes once
+	// the row is in, so it is read without a lock to choose the path.
+	ingestedFromSQL = `SELECT coalesce(ingested_from, '') FROM {{I}}.dead_letters WHERE id = $1`
+
+	// ingestedOriginsSQL: where the broker dead letters among $1 came from.
+	ingestedOriginsSQL = `SELECT id, ingested_from, coalesce(event_id::text, ''), source FROM {{I}}.dead_letters
+ WHERE id = ANY($1::bigint[]) AND ingested_from IS NOT NULL`
+
+	// lockIngestedSQL locks a dead letter for a send to its broker; NOWAIT,
+	// so that a second operator acting on it at once is told so instead of
+	// waiting for a broker round trip.
+	lockIngestedSQL = `SELECT to_jsonb(d) - 'payload' - 'edited_payload' - 'headers' || jsonb_build_object('payload_bytes', length(d.payload)),
+       d.status, d.consumer, coalesce(d.ingested_from, ''), coalesce(d.event_id::text, ''), d.payload, d.headers, d.source
+  FROM {{I}}.dead_letters d WHERE d.id = $1
+   FOR UPDATE NOWAIT`
+
+	// closeIngestedSQL marks a broker dead letter sent: replayed, or edited
+	// with the corrected payload $3 (the original payload stays as it is).
+	closeIngestedSQL = `UPDATE {{I}}.dead_letters d
+   SET status = $2, resolved_at = now(), edited_payload = $3
+ WHERE d.id = $1 AND d.status = 'parked' AND d.ingested_from IS NOT NULL
+RETURNING to_jsonb(d) - 'payload' - 'edited_payload' - 'headers' || jsonb_build_object('payload_bytes', length(d.payload))`
 
 	// requestsOfSQL: every request on the dead letters $1, oldest first.
 	requestsOfSQL = `SELECT id, dead_letter_id, consumer, action, status, requested_by, reason, requested_at, done_at,
@@ -372,6 +396,7 @@ type inboxStatements struct {
 	lockDeadLetter, deadLetterLane, lockLane, pendingRequestOf, insertRequest string
 	cancelRequests, dropDeadLetter, restoreDeadLetter, openBehind, setLane    string
 	lastDrop, requestStatus, requestsOf, requestsByID, blockedBehind          string
+	ingestedFrom, ingestedOrigins, lockIngested, closeIngested                string
 }
 
 func renderInboxStatements(outboxIdent, inboxIdent string) inboxStatements {
@@ -383,6 +408,8 @@ func renderInboxStatements(outboxIdent, inboxIdent string) inboxStatements {
 		restoreDeadLetter: r(restoreDeadLetterSQL), openBehind: r(openBehindSQL), setLane: r(setInboxLaneSQL),
 		lastDrop: r(lastInboxDropSQL), requestStatus: r(requestStatusSQL), requestsOf: r(requestsOfSQL),
 		requestsByID: r(requestsByIDSQL), blockedBehind: r(blockedBehindSQL),
+		ingestedFrom: r(ingestedFromSQL), ingestedOrigins: r(ingestedOriginsSQL), lockIngested: r(lockIngestedSQL),
+		closeIngested: r(closeIngestedSQL),
 	}
 }
 

@@ -37,6 +37,11 @@ const (
 	SkippedHeader = "outboxkit-skipped"
 )
 
+// EditOfHeader names the event an operator's corrected copy replaces
+// (outboxkit dlq edit): the copy is a new event, with a new id, and this
+// header carries the original's event id.
+const EditOfHeader = "outboxkit-edit-of"
+
 // DefaultSource is ce_source when neither the event nor the relay set one.
 const DefaultSource = "/outboxkit"
 

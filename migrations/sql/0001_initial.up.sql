@@ -470,7 +470,7 @@ CREATE TABLE {{.Inbox}}.dead_letters (
     resolved_at      timestamptz,
     ingested_from    text,
     ingest_key       text,
-    CONSTRAINT dead_letters_status_check CHECK (status IN ('parked', 'blocked', 'replayed', 'resolved', 'dropped')),
+    CONSTRAINT dead_letters_status_check CHECK (status IN ('parked', 'blocked', 'replayed', 'resolved', 'dropped', 'edited')),
     CONSTRAINT dead_letters_ingested_from_check CHECK (ingested_from IN ('rabbitmq', 'kafka')),
     CONSTRAINT dead_letters_ingested_has_key CHECK ((ingested_from IS NULL) = (ingest_key IS NULL)),
     CONSTRAINT dead_letters_blocked_has_pointer CHECK ((status = 'blocked') = (blocked_by IS NOT NULL)),
@@ -493,7 +493,7 @@ COMMENT ON COLUMN {{.Inbox}}.dead_letters.correlation_id IS 'Correlation id, whe
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.error IS 'Error of the last attempt.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.error_class IS 'Class of the error (outbox.error_classes).';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.attempts IS 'Attempts made before parking.';
-COMMENT ON COLUMN {{.Inbox}}.dead_letters.status IS 'parked: failed, needs an operator; blocked: not tried, waits for blocked_by (an earlier event of its key); replayed: sent through the consumer again; resolved: applied; dropped: removed by an operator.';
+COMMENT ON COLUMN {{.Inbox}}.dead_letters.status IS 'parked: failed, needs an operator; blocked: not tried, waits for blocked_by (an earlier event of its key); replayed: sent through the consumer again, or (ingested rows) back to the broker it came from; resolved: applied; dropped: removed by an operator; edited (ingested rows): an operator sent a corrected copy (edited_payload) back to the broker as a new message in its place, the row keeps the original.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.blocked_by IS 'For blocked rows: the dead letter this one waits for.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.waiting_for IS 'For a parked row that arrived ahead of earlier events of its key that never came: the sequence it waits for. When that event arrives and is applied, this row and the blocked ones behind it are applied in order automatically; redriving it instead accepts the gap.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.source IS 'Where the message came from: binding (kafka or amqp, needed to read the headers back), broker, topic or queue, partition, offset, routing key, AMQP properties. Strings jsonb cannot hold are {"base64": ...}.';
@@ -718,8 +718,8 @@ ALTER TABLE {{.Inbox}}.dead_letters ADD COLUMN redacted_at timestamptz;
 -- Only a dead letter that left the parked and blocked states is redacted,
 -- and it never goes back: its payload is gone, it cannot be applied.
 ALTER TABLE {{.Inbox}}.dead_letters ADD CONSTRAINT dead_letters_redacted_is_closed
-    CHECK (redacted_at IS NULL OR status IN ('resolved', 'replayed', 'dropped'));
-COMMENT ON COLUMN {{.Inbox}}.dead_letters.edited_payload IS 'The corrected payload a redrive applied instead of payload (Inbox.RedriveEdited), NULL when none. The audit log keeps only its SHA-256 and size.';
+    CHECK (redacted_at IS NULL OR status IN ('resolved', 'replayed', 'dropped', 'edited'));
+COMMENT ON COLUMN {{.Inbox}}.dead_letters.edited_payload IS 'The corrected payload a redrive applied instead of payload (Inbox.RedriveEdited), or that an edit of an ingested row sent back to the broker (status edited); NULL when none. The audit log keeps only its SHA-256 and size.';
 COMMENT ON COLUMN {{.Inbox}}.dead_letters.redacted_at IS 'When the sweeper''s redact job replaced payload (and edited_payload) with empty bytes and removed the configured headers (RedactAfter after resolved_at). NULL: as received.';
 
 CREATE TABLE {{.Outbox}}.legal_holds (
