@@ -31,6 +31,11 @@ name:token, # comments) and/or $OUTBOXKIT_DASHBOARD_USERS (name:token,...);
 tokens are at least 16 characters (openssl rand -hex 32). Every action is
 audited with the signed-in user as the actor.
 
+Broker dead letters (dlq ingest) are replayed and edited from the dashboard
+when serve can reach their broker: --rabbitmq-url or --kafka-brokers (or
+RABBITMQ_URL, KAFKA_BROKERS) and the TLS or SASL flags the relay takes;
+without them the page shows the action disabled and says which flag it needs.
+
 Listens on 127.0.0.1:8080 unless --listen says otherwise. Serve over TLS
 (--tls-cert/--tls-key) or behind a TLS proxy (--secure-cookies, --origin)
 whenever the dashboard is reachable from another machine.`
@@ -57,6 +62,8 @@ func runServe(ctx context.Context, env *Env, args []string) error {
 	db.register(fs, env)
 	var logs logFlags
 	logs.register(fs, env)
+	var brokers brokerConnFlags // replay and edit of broker dead letters (dlq ingest)
+	brokers.register(fs, env)
 	listen := fs.String("listen", envOr(env, "OUTBOXKIT_DASHBOARD_LISTEN", "127.0.0.1:8080"), "address to listen on ($OUTBOXKIT_DASHBOARD_LISTEN)")
 	usersFile := fs.String("users-file", env.Getenv("OUTBOXKIT_DASHBOARD_USERS_FILE"), "file of users, one name:token a line ($OUTBOXKIT_DASHBOARD_USERS_FILE); $OUTBOXKIT_DASHBOARD_USERS adds name:token,... pairs")
 	sessionTTL := fs.Duration("session-ttl", dashboard.SessionTTLDefault, "longest a sign-in lasts")
@@ -108,6 +115,12 @@ func runServe(ctx context.Context, env *Env, args []string) error {
 	if err != nil {
 		return usageError("%v", err)
 	}
+	rep, err := brokers.republisher(env)
+	if err != nil {
+		return err
+	}
+	defer brokers.closeTransports()
+	store = store.WithRepublisher(rep)
 	sampler, err := dashboard.NewSampler(store, dashboard.SamplerConfig{Every: *sampleEvery, Logger: logger})
 	if err != nil {
 		return usageError("--sample-every: %v", err)
@@ -170,7 +183,8 @@ func runServe(ctx context.Context, env *Env, args []string) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	logger.Info("dashboard listening", slog.String("addr", addr), slog.String("url", scheme+"://"+addr+"/"),
-		slog.Any("users", users.Names()), slog.Duration("session_ttl", *sessionTTL), slog.Duration("session_idle", *sessionIdle))
+		slog.Any("users", users.Names()), slog.Duration("session_ttl", *sessionTTL), slog.Duration("session_idle", *sessionIdle),
+		slog.Bool("rabbitmq", rep.Connected(ops.BrokerRabbitMQ)), slog.Bool("kafka", rep.Connected(ops.BrokerKafka)))
 
 	select {
 	case err = <-served:

@@ -42,12 +42,24 @@ func reason(r *http.Request) (string, string) {
 // opsError turns an error of an action into a message for the operator.
 func opsError(err error) string {
 	switch {
+	case errors.Is(err, ops.ErrNoBroker):
+		return noBrokerText(err)
 	case errors.Is(err, ops.ErrWrongStatus), errors.Is(err, ops.ErrNotFound), errors.Is(err, ops.ErrBadRef),
 		errors.Is(err, ops.ErrNoReason), errors.Is(err, ops.ErrNoActor), errors.Is(err, ops.ErrRequestPending),
-		errors.Is(err, ops.ErrApprovalRequired):
+		errors.Is(err, ops.ErrApprovalRequired), errors.Is(err, ops.ErrBusy):
 		return safetext.Escape(err.Error())
 	}
 	return "The action failed and changed nothing: " + safetext.Escape(pgutil.Redact(err.Error()))
+}
+
+// noBrokerText says how to start serve so that it can send a broker dead
+// letter back (err wraps an *ops.NoBrokerError).
+func noBrokerText(err error) string {
+	var nb *ops.NoBrokerError
+	if !errors.As(err, &nb) {
+		return safetext.Escape(err.Error())
+	}
+	return fmt.Sprintf("Start serve with %s (or set %s) to replay this message: it goes back to the broker it came from.", nb.Flag, nb.Env)
 }
 
 func (s *server) logAction(rc reqCtx, action, target string, err error) {
@@ -126,6 +138,11 @@ func (s *server) eventAction(w http.ResponseWriter, r *http.Request, rc reqCtx) 
 	}
 	text := fmt.Sprintf("%s %s.", ref, out.Result)
 	switch {
+	case out.Result == "replayed" && ref.Kind == ops.KindInbox && out.Request == 0,
+		out.Result == "edited" && out.NewEventID != "":
+		// A broker dead letter: sent at once, nothing else to wait for.
+		text = fmt.Sprintf("%s %s: %s.", ref, out.Result, safetext.Escape(out.Note))
+		out.Note = ""
 	case ref.Kind == ops.KindInbox && out.Request != 0 && verb != "drop":
 		text = fmt.Sprintf("%s: %s requested (#%d). Its consumer applies it when it next polls, within seconds while it runs; the requests below show the outcome.", ref, verb, out.Request)
 		out.Note = ""

@@ -101,22 +101,12 @@ func newEnv(t *testing.T, mutate func(*dashboard.Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, db: db, store: store, clock: &fakeClock{t: time.Now()}, logs: &syncBuffer{}}
+	e := &env{t: t, db: db, clock: &fakeClock{t: time.Now()}, logs: &syncBuffer{}}
 	e.sampler, err = dashboard.NewSampler(store, dashboard.SamplerConfig{Every: time.Second, Keep: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := dashboard.Config{Users: testUsers(t), Now: e.clock.Now, Sampler: e.sampler,
-		Logger: slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	e.handler, err = dashboard.New(store, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.srv = httptest.NewServer(e.handler)
-	t.Cleanup(e.srv.Close)
+	e.serve(store, mutate)
 	t.Cleanup(func() {
 		for _, tok := range []string{aliceToken, bobToken} {
 			if strings.Contains(e.logs.String(), tok) {
@@ -125,6 +115,27 @@ func newEnv(t *testing.T, mutate func(*dashboard.Config)) *env {
 		}
 	})
 	return e
+}
+
+// serve starts the dashboard on store, in place of the one running, as
+// outboxkit serve started again with other flags would. Clients made
+// before have no session on it.
+func (e *env) serve(store *ops.Store, mutate func(*dashboard.Config)) {
+	e.t.Helper()
+	cfg := dashboard.Config{Users: testUsers(e.t), Now: e.clock.Now, Sampler: e.sampler,
+		Logger: slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	h, err := dashboard.New(store, cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if e.srv != nil {
+		e.srv.Close()
+	}
+	e.store, e.handler, e.srv = store, h, httptest.NewServer(h)
+	e.t.Cleanup(e.srv.Close)
 }
 
 // client is one browser: a cookie jar, no automatic redirects, and the

@@ -271,6 +271,11 @@ type eventData struct {
 	Drop    bool // parked or blocked
 	Restore bool // dropped
 	Inbox   bool // an inbox dead letter: replay and edit are requests its consumer runs
+	// A broker dead letter (dlq ingest): replay and edit send it (or a
+	// corrected copy) to Dest, unless NoBroker says why they cannot.
+	Ingested bool
+	Dest     string
+	NoBroker string
 }
 
 func (s *server) event(w http.ResponseWriter, r *http.Request, rc reqCtx) {
@@ -304,6 +309,17 @@ func (s *server) event(w http.ResponseWriter, r *http.Request, rc reqCtx) {
 		d.Replay = det.Status == "parked"
 		d.Drop = det.Status == "parked"
 		d.Restore = det.Status == "dropped"
+	}
+	if det.IngestedFrom != "" {
+		d.Ingested = true
+		if dest, err := s.store.BrokerTarget(ctx, ref); err == nil {
+			d.Dest = dest.String()
+		} else if !errors.Is(err, ops.ErrNoBroker) {
+			d.Dest = "nowhere known: " + err.Error()
+		}
+		if err := s.store.BrokerReady(det.IngestedFrom); err != nil {
+			d.NoBroker = noBrokerText(err)
+		}
 	}
 	if ref.Kind == ops.KindOutbox {
 		d.Replay = det.Status == "parked"
