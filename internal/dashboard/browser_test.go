@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -142,45 +143,12 @@ func TestBrowserReplayParkedEvent(t *testing.T) {
 	srv := httptest.NewServer(mustHandler(t, store, sampler))
 	t.Cleanup(srv.Close)
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(exe),
-		chromedp.NoSandbox, // tests run as root
-		chromedp.Headless,
-		chromedp.DisableGPU,
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.Flag("hide-scrollbars", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1360, 900),
-	)
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(bg, opts...)
-	defer cancelAlloc()
-	bctx, cancelBrowser := chromedp.NewContext(allocCtx)
-	defer cancelBrowser()
-	ctx, cancel := context.WithTimeout(bctx, 3*time.Minute)
-	defer cancel()
-
-	run := func(what string, steps ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		if err := chromedp.Do(ctx, steps...); err != nil {
-			t.Fatalf("browser: %s: %v", what, err)
-		}
-	}
-	text := func(sel string) string {
-		t.Helper()
-		s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
-		if err != nil {
-			t.Fatalf("browser: read %s: %v", sel, err)
-		}
-		return strings.TrimSpace(s)
-	}
+	b := newBrowser(t, exe)
+	ctx, run, text := b.ctx, b.run, b.text
 
 	// Sign in: any page sends the browser to the sign-in form first.
-	run("open the dashboard", chromedp.Navigate(srv.URL+"/"), chromedp.WaitVisible(chromedp.CSS("#name")))
-	run("sign in",
-		chromedp.SendKeys(chromedp.CSS("#name"), "alice"),
-		chromedp.SendKeys(chromedp.CSS("#token"), aliceToken),
-		chromedp.Click(chromedp.CSS("#signin")),
-		chromedp.WaitVisible(chromedp.CSS("#card-parked")))
+	run("open the dashboard", chromedp.Navigate(srv.URL+"/"))
+	b.signIn("alice", aliceToken, "#card-parked")
 
 	// The overview as the on-call engineer finds it: one event parked, its
 	// key held, the charts of the last seconds. It is the README's picture.
@@ -283,6 +251,167 @@ func TestBrowserReplayParkedEvent(t *testing.T) {
 	}
 
 	run("sign out", chromedp.Click(chromedp.CSS(".signout button")), chromedp.WaitVisible(chromedp.CSS("#name")))
+}
+
+// The two-person rule in a real browser: alice asks for a drop, which only
+// records an approval; she cannot approve it herself on the Approvals page;
+// bob signs in and approves it there, the event is dropped, and the audit
+// log page shows both of them.
+func TestBrowserTwoPersonApproval(t *testing.T) {
+	exe := chromium(t)
+	db := testenv.NewDB(t)
+	store, err := ops.New(db.Pool, "outbox", "inbox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := seedParked(t, db.Pool, "payouts", "payout-77", []byte(`{"payout":"payout-77","amount":"10.00"}`))
+	if _, err := db.Pool.Exec(context.Background(), `UPDATE outbox.settings SET two_person_rule = true, updated_by = 'dba'`); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(mustHandler(t, store, nil))
+	t.Cleanup(srv.Close)
+	event := srv.URL + "/events/o:" + itoa(ids[0])
+
+	b := newBrowser(t, exe)
+	b.acceptDialogs() // the drop button asks "Drop o:N?"
+	b.run("open the parked event", chromedp.Navigate(event))
+	b.signIn("alice", aliceToken, "#drop-reason")
+	b.run("drop",
+		chromedp.SendKeys(chromedp.CSS("#drop-reason"), "duplicate of payout-76"),
+		chromedp.Click(chromedp.CSS("#drop")),
+		chromedp.WaitVisible(chromedp.CSS(".flash-ok")))
+	if f := b.text(".flash-ok"); !strings.Contains(f, "The two-person rule is on: nothing ran. Approval #1 (drop o:"+itoa(ids[0])) {
+		t.Errorf("flash after the drop: %q", f)
+	}
+	if s := b.text("#status"); s != "parked" {
+		t.Errorf("status %q after a drop waiting for approval, want parked", s)
+	}
+
+	// approve opens the Approvals page, approves #1 with reason and returns
+	// the message shown in flash (.flash-ok or .flash-error).
+	approve := func(reason, flash string) string {
+		t.Helper()
+		b.run("open the approvals", chromedp.Click(chromedp.CSS(`header nav a[href="/approvals"]`)),
+			chromedp.WaitVisible(chromedp.CSS("#approve-1")))
+		if row := b.text("#approvals tbody tr"); !strings.Contains(row, "drop") || !strings.Contains(row, "alice") ||
+			!strings.Contains(row, "duplicate of payout-76") {
+			t.Errorf("approvals row %q", row)
+		}
+		b.run("approve",
+			chromedp.SendKeys(chromedp.CSS("#approve-reason-1"), reason),
+			chromedp.Click(chromedp.CSS("#approve-1")),
+			chromedp.WaitVisible(chromedp.CSS(flash)))
+		return b.text(flash)
+	}
+	// Her own approval is refused.
+	if f := approve("looks right", ".flash-error"); !strings.Contains(f, "you asked for this") {
+		t.Errorf("flash after approving her own: %q", f)
+	}
+	b.run("sign out", chromedp.Click(chromedp.CSS(".signout button")), chromedp.WaitVisible(chromedp.CSS("#name")))
+
+	// Bob approves it and it runs.
+	b.signIn("bob", bobToken, "#card-parked")
+	if f := approve("checked the ledger", ".flash-ok"); !strings.Contains(f, "Approval #1 approved and run: 1 dropped;") {
+		t.Errorf("flash after bob's approval: %q", f)
+	}
+	b.run("open the event", chromedp.Navigate(event), chromedp.WaitVisible(chromedp.CSS("#status")))
+	if s := b.text("#status"); s != "dropped" {
+		t.Errorf("status %q after the approval, want dropped", s)
+	}
+
+	// The audit log: bob's approval, then alice's drop naming it.
+	b.run("open the audit log", chromedp.Click(chromedp.CSS(`header nav a[href="/audit"]`)), chromedp.WaitVisible(chromedp.CSS("#audit")))
+	rows, err := chromedp.Run(b.ctx, chromedp.Evaluate[[]string](`Array.from(document.querySelectorAll("#audit tbody tr")).map(
+		r => r.querySelector(".actor").textContent.trim() + ":" + r.querySelector(".badge").textContent.trim() + ":" +
+		     r.querySelector(".reason").textContent.trim())`))
+	if err != nil {
+		t.Fatalf("browser: read the audit log: %v", err)
+	}
+	want := []string{"alice:drop:duplicate of payout-76", "bob:approve:checked the ledger", "alice:request_approval:duplicate of payout-76"}
+	if strings.Join(rows, "|") != strings.Join(want, "|") {
+		t.Errorf("audit log page, newest first: %q, want %q", rows, want)
+	}
+}
+
+// browser is a headless Chromium for one test; its helpers fail the test.
+type browser struct {
+	t      *testing.T
+	ctx    context.Context
+	cancel context.CancelFunc // ends ctx: the tab and what listens to it
+}
+
+func newBrowser(t *testing.T, exe string) *browser {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(exe),
+		chromedp.NoSandbox, // tests run as root
+		chromedp.Headless,
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.Flag("hide-scrollbars", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1360, 900),
+	)
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	bctx, cancelBrowser := chromedp.NewContext(allocCtx)
+	ctx, cancel := context.WithTimeout(bctx, 3*time.Minute)
+	t.Cleanup(func() {
+		cancel()
+		cancelBrowser()
+		cancelAlloc()
+	})
+	return &browser{t: t, ctx: ctx, cancel: cancel}
+}
+
+func (b *browser) run(what string, steps ...chromedp.Action[chromedp.Void]) {
+	b.t.Helper()
+	if err := chromedp.Do(b.ctx, steps...); err != nil {
+		b.t.Fatalf("browser: %s: %v", what, err)
+	}
+}
+
+func (b *browser) text(sel string) string {
+	b.t.Helper()
+	s, err := chromedp.Run(b.ctx, chromedp.Text(chromedp.CSS(sel)))
+	if err != nil {
+		b.t.Fatalf("browser: read %s: %v", sel, err)
+	}
+	return strings.TrimSpace(s)
+}
+
+// signIn fills the sign-in form the browser shows and waits for sel on the
+// page it is sent to.
+func (b *browser) signIn(name, token, sel string) {
+	b.t.Helper()
+	b.run("sign in as "+name,
+		chromedp.WaitVisible(chromedp.CSS("#name")),
+		chromedp.SendKeys(chromedp.CSS("#name"), name),
+		chromedp.SendKeys(chromedp.CSS("#token"), token),
+		chromedp.Click(chromedp.CSS("#signin")),
+		chromedp.WaitVisible(chromedp.CSS(sel)))
+}
+
+// acceptDialogs answers OK to every confirm dialog (data-confirm forms)
+// until the test ends.
+func (b *browser) acceptDialogs() {
+	b.run("open a tab") // Events listens on the tab, which must exist
+	dialogs := chromedp.Events(b.ctx, page.JavascriptDialogOpening)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, err := range dialogs {
+			if err != nil {
+				return
+			}
+			if _, err := chromedp.Call(b.ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true}); err != nil {
+				return
+			}
+		}
+	}()
+	b.t.Cleanup(func() {
+		b.cancel() // this cleanup runs before newBrowser's
+		<-done
+	})
 }
 
 func mustHandler(t *testing.T, store *ops.Store, sampler *dashboard.Sampler) http.Handler {
