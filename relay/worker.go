@@ -102,11 +102,7 @@ func (w *worker) round(ctx context.Context, parts []int32, tokens []int64) (int,
 		}
 	}
 	perPartition := max(50, 2*r.cfg.BatchSize/len(parts)+1)
-	rows, err := r.pool.Query(ctx, r.sql.claim, parts, perPartition)
-	if err != nil {
-		return 0, fmt.Errorf("claim: %w", err)
-	}
-	msgs, err := pgx.CollectRows(rows, scanMessage)
+	msgs, err := w.claim(ctx, parts, perPartition)
 	if err != nil {
 		return 0, fmt.Errorf("claim: %w", err)
 	}
@@ -143,6 +139,28 @@ func (w *worker) round(ctx context.Context, parts []int32, tokens []int64) (int,
 	}
 	span.End()
 	return len(msgs), w.record(flight, parts, tokens, msgs, results, batchErr, started, elapsed)
+}
+
+// claim reads the next pending events of parts, at most perPartition per
+// partition, with the plan pinned by claimPlanSQL in the same round trip.
+func (w *worker) claim(ctx context.Context, parts []int32, perPartition int) ([]Message, error) {
+	b := &pgx.Batch{}
+	b.Queue(w.r.sql.claimPlan)
+	b.Queue(w.r.sql.claim, parts, perPartition)
+	br := w.r.pool.SendBatch(ctx, b)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return nil, err
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := pgx.CollectRows(rows, scanMessage)
+	if err != nil {
+		return nil, err
+	}
+	return msgs, br.Close()
 }
 
 // releaseLanes lets lanes flow again whose blocking head was just
