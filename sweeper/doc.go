@@ -113,12 +113,13 @@
 // retention sleeps as long as the previous one took (DeletePause 0), so it
 // keeps one backend busy at most half the time: big backlogs take twice as
 // long, the relay and the producers keep the rest. Measured on a shared
-// 2-CPU machine (PostgreSQL 15, load average 8-23 from other jobs, so the
-// figures spread): 1,000,000 rows in 1,002 statements, 46-105s paced (31-41s
-// unpaced), longest statement 0.2-0.6s, slowest Enqueue meanwhile 0.2-0.5s;
-// the relay draining a backlog kept 50-79% of its throughput alone, paced
-// or not (TestRetentionInBatchesWhileRelayPublishes with
-// OUTBOXKIT_RETENTION_ROWS=1000000; measure on a quiet machine before
+// 2-CPU machine (PostgreSQL 15, load average 1.6-3.5): 1,000,000 rows in
+// 1,002 statements over 17 s, longest statement 58-125 ms, slowest Enqueue
+// meanwhile under 0.1 s; the relay draining a backlog of 400,000 events
+// kept 83%, 91% and 87% of its throughput without retention (about 50,000
+// events/s) in three runs (TestRetentionInBatchesWhileRelayPublishes with
+// OUTBOXKIT_RETENTION_ROWS=1000000 OUTBOXKIT_RETENTION_BACKLOG=400000;
+// docs/benchmarks.md; measure on a quiet machine before
 // quoting). The window counts from published_at, not created_at: an
 // event published late (parked, then replayed) stays replayable for the
 // whole window. inbox.processed has no btree on processed_at (consumers pay
