@@ -20,9 +20,12 @@ type measurement struct {
 	elapsed time.Duration
 	cpu     time.Duration // CPU of this process (Go client, and kfake when in-process)
 	pgCPU   time.Duration // CPU of the PostgreSQL backends serving the contender
-	note    string
-	detail  string // statement breakdown, when traced
-	summary string // its most expensive steps
+	// brokerCPU is the CPU of the local RabbitMQ node (beam.smp) during a
+	// RabbitMQ contender; 0 when there is none on this host.
+	brokerCPU time.Duration
+	note      string
+	detail    string // statement breakdown, when traced
+	summary   string // its most expensive steps
 }
 
 func (m measurement) rate() float64 {
@@ -70,6 +73,27 @@ func (e *env) backendCPU(ctx context.Context, name string) time.Duration {
 		total += procCPU(int(pid))
 	}
 	return total
+}
+
+// rabbitCPU returns the CPU time so far of the local RabbitMQ node (the
+// beam.smp process), 0 when none runs on this host. The broker shares the
+// machine's cores with PostgreSQL and the contender, so its cost per
+// message explains part of every RabbitMQ figure.
+func rabbitCPU() time.Duration {
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.TrimSpace(string(comm)) == "beam.smp" {
+			return procCPU(pid)
+		}
+	}
+	return 0
 }
 
 // procCPU is utime+stime of a process from /proc/<pid>/stat.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -17,9 +18,11 @@ const rabbitWindow = 1000
 // channel, persistent and mandatory messages to the bench exchange (bound to
 // a durable queue), a sliding window of rabbitWindow unconfirmed messages.
 // The messages carry the workload's payloads and the basic properties a
-// publisher sets (message_id, type, timestamp, content_type), not the
-// CloudEvents headers.
-func (e *env) runRabbitBare(ctx context.Context, evs []event) (measurement, error) {
+// publisher sets (message_id, type, timestamp, content_type); with
+// ceHeaders also the CloudEvents headers and app_id the relay sends (the
+// wire format of docs/wire-format.md), so that the broker does the same work
+// per message as for the relay's.
+func (e *env) runRabbitBare(ctx context.Context, evs []event, ceHeaders bool) (measurement, error) {
 	conn, err := e.rabbitSetup()
 	if err != nil {
 		return measurement{}, err
@@ -44,8 +47,24 @@ func (e *env) runRabbitBare(ctx context.Context, evs []event) (measurement, erro
 	for i := range ids {
 		ids[i] = uuid.Must(uuid.NewV7()).String()
 	}
+	// Built before the clock starts, as the relay reads them from its rows.
+	var headers []amqp.Table
+	if ceHeaders {
+		headers = make([]amqp.Table, len(evs))
+		seq := map[string]int64{}
+		now := time.Now().UTC().Format(time.RFC3339Nano)
+		for i, ev := range evs {
+			seq[ev.key]++
+			headers[i] = amqp.Table{
+				"cloudEvents:specversion": "1.0", "cloudEvents:id": ids[i], "cloudEvents:source": "/outboxkit",
+				"cloudEvents:type": benchType, "cloudEvents:time": now,
+				"cloudEvents:partitionkey": ev.key, "cloudEvents:sequence": strconv.FormatInt(seq[ev.key], 10),
+				"cloudEvents:eventversion": "1",
+			}
+		}
+	}
 
-	cpu := startCPU()
+	cpu, broker := startCPU(), rabbitCPU()
 	start := time.Now()
 	window := make([]*amqp.DeferredConfirmation, 0, rabbitWindow)
 	nacked := 0
@@ -66,14 +85,18 @@ func (e *env) runRabbitBare(ctx context.Context, evs []event) (measurement, erro
 			}
 			window = window[1:]
 		}
-		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, rabbitExchange, benchTopic, true, false, amqp.Publishing{
+		pub := amqp.Publishing{
 			DeliveryMode: amqp.Persistent,
 			ContentType:  "application/json",
 			MessageId:    ids[i],
 			Type:         benchType,
 			Timestamp:    time.Now(),
 			Body:         ev.payload,
-		})
+		}
+		if ceHeaders {
+			pub.Headers, pub.AppId = headers[i], "/outboxkit"
+		}
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, rabbitExchange, benchTopic, true, false, pub)
 		if err != nil {
 			return measurement{}, err
 		}
@@ -84,7 +107,7 @@ func (e *env) runRabbitBare(ctx context.Context, evs []event) (measurement, erro
 			return measurement{}, err
 		}
 	}
-	m := measurement{events: len(evs), elapsed: time.Since(start), cpu: cpu.stop()}
+	m := measurement{events: len(evs), elapsed: time.Since(start), cpu: cpu.stop(), brokerCPU: rabbitCPU() - broker}
 	if nacked > 0 || returned.Load() > 0 {
 		return m, fmt.Errorf("bare RabbitMQ publisher: %d nacked, %d returned", nacked, returned.Load())
 	}

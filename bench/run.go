@@ -119,7 +119,9 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	}
 	if o.wants("rabbit") {
 		add("rabbitBare", &contender{group: "rabbit", name: "bare amqp091-go publisher", config: "1 channel, confirms, 1,000 in flight, persistent",
-			run: func(ctx context.Context) (measurement, error) { return e.runRabbitBare(ctx, evs) }})
+			run: func(ctx context.Context) (measurement, error) { return e.runRabbitBare(ctx, evs, false) }})
+		add("rabbitBareCE", &contender{group: "rabbit", name: "bare amqp091-go publisher", config: "the same, with the relay's CloudEvents headers",
+			run: func(ctx context.Context) (measurement, error) { return e.runRabbitBare(ctx, evs, true) }})
 		add("rabbitRelay", &contender{group: "rabbit", name: "outboxkit relay + relay/rabbitmq", config: "defaults (" + relayConfig{}.String() + ")",
 			run: func(ctx context.Context) (measurement, error) { return e.runRelayRabbit(ctx, relayConfig{}) }})
 		add("rabbitRelayTuned", &contender{group: "rabbit", name: "outboxkit relay + relay/rabbitmq", config: "tuned (" + o.rabbitTuned.String() + ")",
