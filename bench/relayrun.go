@@ -148,7 +148,9 @@ func (e *env) runRelayRabbit(ctx context.Context, rc relayConfig) (measurement, 
 		return measurement{}, err
 	}
 	defer pub.Close()
+	broker := rabbitCPU()
 	m, err := e.drainWithRelay(ctx, pub, rc, "rabbit", "")
+	m.brokerCPU = rabbitCPU() - broker
 	if err != nil {
 		return m, err
 	}
