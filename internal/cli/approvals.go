@@ -65,6 +65,7 @@ func runApprovals(ctx context.Context, env *Env, verb string, args []string) err
 		fs.IntVar(&o.limit, "limit", 100, "at most this many")
 	case "approve":
 		o.brokers.register(fs, env) // a redrive or edit of broker dead letters sends them back
+		o.brokers.registerReplay(fs, env)
 	case "settings":
 		fs.StringVar(&twoPerson, "two-person-rule", "", "on: bulk redrive, drop and edit wait for a second operator's approval; off")
 		fs.DurationVar(&ttl, "approval-ttl", 0, "how long an approval can be approved (e.g. 1h)")

@@ -58,12 +58,19 @@ a blocked key moves the key past it and asks the consumer to apply the
 events that waited behind it.
 
 Broker dead letters (copied by dlq ingest) have no consumer to ask: replay
-and redrive send the original message back to where it came from (the
-original exchange and routing key, or topic), edit sends the corrected
-payload there as a new message (new event id, header outboxkit-edit-of) and
-keeps the original row (status edited). They need the broker's flags:
---rabbitmq-url or --kafka-brokers (or RABBITMQ_URL, KAFKA_BROKERS), and the
-TLS or SASL flags the relay takes.
+and redrive send the original message back to where it came from (RabbitMQ:
+the queue that dead-lettered it, through the default exchange, so no other
+queue gets it again; Kafka: the original topic, read again by every consumer
+group, so only where consumers deduplicate by event id), edit sends the
+corrected payload there as a new message (an event id derived from the dead
+letter and the corrected bytes, the same on a retry; header
+outboxkit-edit-of) and keeps the original row (status edited); a Kafka edit
+needs --kafka-retry-topic. They need the broker's flags: --rabbitmq-url or
+--kafka-brokers (or RABBITMQ_URL, KAFKA_BROKERS), and the TLS or SASL flags
+the relay takes. --replay-allow lists the queues and topics they may go to.
+A replay of several REFs is a bulk action: rate-limited (--rate), and under
+the two-person rule an approval. "outcome unknown" or "sent, not recorded"
+means the message may be at its broker: do not retry before looking.
 
 Every action needs --reason and an actor (--actor, $OUTBOXKIT_ACTOR, else your
 OS user name) and is written to outbox.audit_log with before and after.
@@ -221,12 +228,15 @@ func runDLQ(ctx context.Context, env *Env, args []string) error {
 	}
 	if verb == "redrive" {
 		fs.BoolVar(&o.dryRun, "dry-run", false, "say what would be replayed, change nothing")
+	}
+	if verb == "redrive" || verb == "replay" {
 		fs.Float64Var(&o.rate, "rate", 50, "events per second")
 	}
 	// Only these may send broker dead letters back (a drop sends nothing).
 	sends := verb == "replay" || verb == "redrive" || verb == "edit"
 	if sends {
 		o.brokers.register(fs, env)
+		o.brokers.registerReplay(fs, env)
 	}
 	switch verb {
 	case "replay", "redrive", "drop", "edit":
@@ -358,30 +368,40 @@ func runDLQ(ctx context.Context, env *Env, args []string) error {
 			return err
 		}
 	}
-	if verb == "drop" || verb == "edit" {
-		spec := ops.ApprovalSpec{Verb: verb, Payload: payload, ContentType: o.ctype}
-		for _, text := range refs {
-			ref, err := store.ParseRef(ctx, text)
-			if err != nil {
-				return usageError("%v", err)
-			}
-			spec.Refs = append(spec.Refs, ref)
-		}
-		if asked, err := o.approvalInstead(ctx, env, store, a, spec); asked || err != nil {
-			return err
-		}
-	}
-	var outs []ops.Outcome
-	var failed error
+	parsed := make([]ops.Ref, 0, len(refs))
 	for _, text := range refs {
 		ref, err := store.ParseRef(ctx, text)
 		if err != nil {
 			return usageError("%v", err)
 		}
+		parsed = append(parsed, ref)
+	}
+	if verb == "drop" || verb == "edit" || (verb == "replay" && len(parsed) > 1) {
+		// A replay of several refs is a bulk action, as a redrive is.
+		spec := ops.ApprovalSpec{Verb: verb, Refs: parsed, Payload: payload, ContentType: o.ctype}
+		if verb == "replay" {
+			spec = ops.ApprovalSpec{Verb: "redrive", Refs: parsed, PerSec: o.rate}
+		}
+		if asked, err := o.approvalInstead(ctx, env, store, a, spec); asked || err != nil {
+			return err
+		}
+	}
+	if verb == "replay" {
+		outs, err := store.ReplayRefs(ctx, a, parsed, ops.RedriveOptions{PerSec: o.rate})
+		if errors.Is(err, ops.ErrNoBroker) && len(outs) == 0 {
+			return usageError("%v: nothing ran", err)
+		}
+		if perr := o.printOutcomesWaiting(ctx, env, store, outs); perr != nil {
+			return perr
+		}
+		return err
+	}
+	var outs []ops.Outcome
+	var failed error
+	for _, ref := range parsed {
 		var o2 ops.Outcome
+		var err error
 		switch verb {
-		case "replay":
-			o2, err = store.Replay(ctx, a, ref)
 		case "drop":
 			o2, err = store.Drop(ctx, a, ref)
 		case "restore":
@@ -389,11 +409,12 @@ func runDLQ(ctx context.Context, env *Env, args []string) error {
 		case "edit":
 			o2, err = store.Edit(ctx, a, ref, payload, o.ctype)
 		}
-		if err != nil {
-			o2 = ops.Outcome{Ref: ref, Result: "failed", Note: err.Error()}
-			failed = errors.Join(failed, err)
-		}
+		o2, stop := ops.OutcomeOf(ref, o2, err)
+		failed = errors.Join(failed, err)
 		outs = append(outs, o2)
+		if stop {
+			break
+		}
 	}
 	if err := o.printOutcomesWaiting(ctx, env, store, outs); err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -175,7 +176,23 @@ func (b *brokerConnFlags) republisher(env *Env) (*ingest.Republisher, error) {
 	if r.Kafka, err = b.kafkaConn(env); err != nil {
 		return nil, err
 	}
+	for _, name := range strings.Split(b.replayAllow, ",") {
+		if name = strings.TrimSpace(name); name != "" {
+			r.Allow = append(r.Allow, name)
+		}
+	}
+	r.KafkaRetryTopic = strings.TrimSpace(b.kafkaRetryTopic)
 	return r, nil
+}
+
+// registerReplay registers the flags that bound where broker dead letters
+// go, for the commands that send them.
+func (b *brokerConnFlags) registerReplay(fs *flag.FlagSet, env *Env) {
+	fs.StringVar(&b.replayAllow, "replay-allow", env.Getenv("OUTBOXKIT_REPLAY_ALLOW"),
+		"comma-separated RabbitMQ queues and Kafka topics broker dead letters may be sent to; any other is refused "+
+			"(the destination comes from the message's own headers, which whoever can publish into the DLQ can forge) ($OUTBOXKIT_REPLAY_ALLOW)")
+	fs.StringVar(&b.kafkaRetryTopic, "kafka-retry-topic", env.Getenv("OUTBOXKIT_KAFKA_RETRY_TOPIC"),
+		"topic the corrected copy of an edited Kafka dead letter goes to, read only by the consumer that failed; without it such edits are refused ($OUTBOXKIT_KAFKA_RETRY_TOPIC)")
 }
 
 // printOrigin shows where an ingested dead letter came from, one fact a

@@ -77,7 +77,7 @@ func TestDLQIngestRabbitMQ(t *testing.T) {
 	}
 
 	out, errOut, code = run(t, env, "dlq", "replay", jsonRef, "--reason", "invoice service fixed")
-	if code != 0 || !strings.Contains(out, jsonRef+` replayed: republished to RabbitMQ exchange "`+r.Exchange+`" with routing key "invoices"`) {
+	if code != 0 || !strings.Contains(out, jsonRef+` replayed: republished to RabbitMQ queue "`+r.Work+`" (through the default exchange`) {
 		t.Fatalf("replay: %d %s %s", code, out, errOut)
 	}
 	if d := r.Take(t); string(d.Body) != `{"invoice":1}` || d.MessageId != "inv-0" || d.Headers["x-death"] != nil {
@@ -239,8 +239,8 @@ func TestDLQRedriveIngested(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	wantDry := []string{
 		idOf("k-3") + ` would replay: sent back to Kafka topic "` + orig + `" (key "k-3", kafka:` + dlt,
-		idOf("k-1") + ` would replay: sent back to RabbitMQ exchange "` + r.Exchange + `" with routing key "invoices" (key "k-1", rabbitmq:` + r.DLQ + `, permanent: `,
-		idOf("k-2") + ` would replay: sent back to RabbitMQ exchange "` + r.Exchange + `" with routing key "invoices" (key "k-2", `,
+		idOf("k-1") + ` would replay: sent back to RabbitMQ queue "` + r.Work + `" (through the default exchange: no other queue gets it) (key "k-1", rabbitmq:` + r.DLQ + `, permanent: `,
+		idOf("k-2") + ` would replay: sent back to RabbitMQ queue "` + r.Work + `" (through the default exchange: no other queue gets it) (key "k-2", `,
 	}
 	if code != 0 || len(lines) != 3 {
 		t.Fatalf("dry run: %d %s %s", code, out, errOut)
@@ -252,6 +252,9 @@ func TestDLQRedriveIngested(t *testing.T) {
 	}
 	if !strings.HasSuffix(lines[0], "the real run needs --kafka-brokers") || !strings.HasSuffix(lines[1], "the real run needs --rabbitmq-url") {
 		t.Errorf("the dry run does not say which flags the real run needs:\n%s", out)
+	}
+	if !strings.Contains(lines[0], "every consumer group of the topic reads it again") || strings.Contains(lines[1], "consumer group") {
+		t.Errorf("the dry run does not say that a Kafka replay reaches every consumer group:\n%s", out)
 	}
 	unchanged("the dry run")
 
@@ -322,5 +325,39 @@ func TestDLQRedriveIngested(t *testing.T) {
 	    WHERE action = 'replay' AND $1 = target_ids[1]`, strings.TrimPrefix(idOf("k-4"), "i:")).Scan(&who)
 	if who != "alice 1 bob" {
 		t.Errorf("the approved replay is audited as %q, want alice's, approval 1 by bob", who)
+	}
+
+	// A replay of several refs is a bulk action, as a redrive is: under
+	// the rule an approval, and without it rate-limited, with every broker
+	// checked before anything runs.
+	r.DeadLetter(t, invoice("k-5", `{"n":5}`), invoice("k-6", `{"n":6}`))
+	if out, errOut, code := run(t, env, "dlq", "ingest", "--rabbitmq-queue", r.DLQ, "--once"); code != 0 {
+		t.Fatalf("ingest: %s %s", out, errOut)
+	}
+	out, _, code = run(t, alice, "dlq", "replay", idOf("k-5"), idOf("k-6"), "--reason", "k-5, k-6 fixed")
+	if code != 0 || !strings.Contains(out, "approval #2 pending (two-person rule): redrive "+idOf("k-5")+" "+idOf("k-6")) || r.Count(t, r.Work) != 0 {
+		t.Fatalf("replay of two refs with the rule on: %d %s (%d in %s)", code, out, r.Count(t, r.Work), r.Work)
+	}
+	out, errOut, code = run(t, bob, "dlq", "approve", "2", "--reason", "checked")
+	if code != 0 || strings.Count(out, " replayed: republished to RabbitMQ") != 2 {
+		t.Fatalf("approve the replay of two refs: %d %s %s", code, out, errOut)
+	}
+	r.Take(t)
+	r.Take(t)
+	if _, errOut, code := run(t, env, "dlq", "settings", "--two-person-rule", "off", "--reason", "SOX audit over"); code != 0 {
+		t.Fatalf("settings: %s", errOut)
+	}
+	r.DeadLetter(t, invoice("k-7", `{"n":7}`), invoice("k-8", `{"n":8}`))
+	if out, errOut, code := run(t, env, "dlq", "ingest", "--rabbitmq-queue", r.DLQ, "--once"); code != 0 {
+		t.Fatalf("ingest: %s %s", out, errOut)
+	}
+	_, errOut, code = run(t, noBrokers, "dlq", "replay", idOf("k-7"), idOf("k-8"), "--reason", "k-7, k-8 fixed")
+	if code != 2 || !strings.Contains(errOut, "came from RabbitMQ: pass --rabbitmq-url") || !strings.Contains(errOut, "nothing ran") ||
+		r.Count(t, r.Work) != 0 || !strings.Contains(statuses(), "k-7=parked,k-8=parked") {
+		t.Errorf("replay of two refs without RabbitMQ: %d %s (%s)", code, errOut, statuses())
+	}
+	out, errOut, code = run(t, env, "dlq", "replay", idOf("k-7"), idOf("k-8"), "--reason", "k-7, k-8 fixed", "--rate", "100")
+	if code != 0 || strings.Count(out, " replayed: republished to RabbitMQ") != 2 || !strings.Contains(statuses(), "k-7=replayed,k-8=replayed") {
+		t.Errorf("replay of two refs: %d %s %s (%s)", code, out, errOut, statuses())
 	}
 }

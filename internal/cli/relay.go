@@ -55,6 +55,11 @@ type brokerConnFlags struct {
 	kafkaSASLPassFile string
 	rabbitTLSFiles    tlsconf.Files
 
+	// Where broker dead letters may be sent (registerReplay): the commands
+	// that send them, dlq replay, redrive, edit, approve and serve.
+	replayAllow     string
+	kafkaRetryTopic string
+
 	transports []*kafkago.Transport // created here, closed by closeTransports
 }
 

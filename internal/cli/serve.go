@@ -35,6 +35,9 @@ Broker dead letters (dlq ingest) are replayed and edited from the dashboard
 when serve can reach their broker: --rabbitmq-url or --kafka-brokers (or
 RABBITMQ_URL, KAFKA_BROKERS) and the TLS or SASL flags the relay takes;
 without them the page shows the action disabled and says which flag it needs.
+--replay-allow lists the queues and topics they may be sent to (their
+destination comes from headers whoever writes to the DLQ controls);
+--kafka-retry-topic is where the corrected copy of a Kafka dead letter goes.
 
 Listens on 127.0.0.1:8080 unless --listen says otherwise. Serve over TLS
 (--tls-cert/--tls-key) or behind a TLS proxy (--secure-cookies, --origin)
@@ -64,6 +67,7 @@ func runServe(ctx context.Context, env *Env, args []string) error {
 	logs.register(fs, env)
 	var brokers brokerConnFlags // replay and edit of broker dead letters (dlq ingest)
 	brokers.register(fs, env)
+	brokers.registerReplay(fs, env)
 	listen := fs.String("listen", envOr(env, "OUTBOXKIT_DASHBOARD_LISTEN", "127.0.0.1:8080"), "address to listen on ($OUTBOXKIT_DASHBOARD_LISTEN)")
 	usersFile := fs.String("users-file", env.Getenv("OUTBOXKIT_DASHBOARD_USERS_FILE"), "file of users, one name:token a line ($OUTBOXKIT_DASHBOARD_USERS_FILE); $OUTBOXKIT_DASHBOARD_USERS adds name:token,... pairs")
 	sessionTTL := fs.Duration("session-ttl", dashboard.SessionTTLDefault, "longest a sign-in lasts")

@@ -44,6 +44,9 @@ func opsError(err error) string {
 	switch {
 	case errors.Is(err, ops.ErrNoBroker):
 		return noBrokerText(err)
+	case errors.Is(err, ops.ErrSentNotRecorded), errors.Is(err, ops.ErrOutcomeUnknown):
+		// Never "changed nothing": the message may be at the broker.
+		return "Do not retry: the message may have been sent. " + safetext.Escape(pgutil.Redact(err.Error()))
 	case errors.Is(err, ops.ErrWrongStatus), errors.Is(err, ops.ErrNotFound), errors.Is(err, ops.ErrBadRef),
 		errors.Is(err, ops.ErrNoReason), errors.Is(err, ops.ErrNoActor), errors.Is(err, ops.ErrRequestPending),
 		errors.Is(err, ops.ErrApprovalRequired), errors.Is(err, ops.ErrBusy):

@@ -18,7 +18,7 @@ import (
 // broker, serve shows replay and edit disabled with the flag it needs, and
 // a replay posted anyway is refused in the same words and sends nothing.
 // Started with --rabbitmq-url, replay sends the original message back to
-// its exchange, edit sends a corrected copy there as a new message and
+// the queue that dead-lettered it, edit sends a corrected copy there as a new message and
 // keeps the original row, drop and restore work; every action is audited
 // with the signed-in user.
 func TestIngestedDeadLetterActions(t *testing.T) {
@@ -74,7 +74,7 @@ func TestIngestedDeadLetterActions(t *testing.T) {
 	e.serve(e.store.WithRepublisher(&ingest.Republisher{}), nil)
 	alice := e.client().signIn("alice", aliceToken)
 	_, page := alice.get("/events/" + ref("replay me"))
-	dest := `RabbitMQ exchange &#34;` + r.Exchange + `&#34; with routing key &#34;invoices&#34;`
+	dest := `RabbitMQ queue &#34;` + r.Work + `&#34; (through the default exchange: no other queue gets it)`
 	for _, want := range []string{`id="destination">` + dest, `id="replay" type="submit" class="primary" disabled`, `id="replay-disabled">` + needsFlag,
 		`id="edit-disabled">` + needsFlag, `id="edit-submit" type="submit" class="primary" disabled`, "Broker dead letter from <b>rabbitmq</b>",
 		`id="drop" type="submit"`} {

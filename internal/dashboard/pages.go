@@ -272,10 +272,13 @@ type eventData struct {
 	Restore bool // dropped
 	Inbox   bool // an inbox dead letter: replay and edit are requests its consumer runs
 	// A broker dead letter (dlq ingest): replay and edit send it (or a
-	// corrected copy) to Dest, unless NoBroker says why they cannot.
-	Ingested bool
-	Dest     string
-	NoBroker string
+	// corrected copy, to EditDest) to Dest, unless NoBroker says why they
+	// cannot; EditRefused says why an edit would be refused.
+	Ingested    bool
+	Dest        string
+	EditDest    string
+	EditRefused string
+	NoBroker    string
 }
 
 func (s *server) event(w http.ResponseWriter, r *http.Request, rc reqCtx) {
@@ -312,10 +315,15 @@ func (s *server) event(w http.ResponseWriter, r *http.Request, rc reqCtx) {
 	}
 	if det.IngestedFrom != "" {
 		d.Ingested = true
-		if dest, err := s.store.BrokerTarget(ctx, ref); err == nil {
+		if dest, err := s.store.BrokerTarget(ctx, ref, false); err == nil {
 			d.Dest = dest.String()
 		} else if !errors.Is(err, ops.ErrNoBroker) {
 			d.Dest = "nowhere known: " + err.Error()
+		}
+		if dest, err := s.store.BrokerTarget(ctx, ref, true); err == nil {
+			d.EditDest = dest.String()
+		} else if !errors.Is(err, ops.ErrNoBroker) {
+			d.EditRefused = "Edit refused: " + err.Error()
 		}
 		if err := s.store.BrokerReady(det.IngestedFrom); err != nil {
 			d.NoBroker = noBrokerText(err)

@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -15,20 +18,46 @@ import (
 )
 
 // ReplayTimeoutDefault bounds one republish (connect, publish, confirm).
-const ReplayTimeoutDefault = 30 * time.Second
+// The operator store also ends the send early enough to record it before
+// the caller's deadline.
+const ReplayTimeoutDefault = 20 * time.Second
+
+// Errors of a republish, besides ErrNoTarget and ops.ErrOutcomeUnknown.
+var (
+	// ErrNotAllowed: the destination is not on Republisher.Allow.
+	ErrNotAllowed = errors.New("destination not on the replay allowlist")
+	// ErrKafkaEditNeedsTopic: an edit of a Kafka dead letter names no retry
+	// topic (Republisher.KafkaRetryTopic).
+	ErrKafkaEditNeedsTopic = errors.New("the corrected copy of a Kafka dead letter needs a retry topic: " +
+		"the original topic is read by every consumer group, including those that applied the original, and one group cannot be targeted; " +
+		"pass --kafka-retry-topic T, a topic only the consumer that failed reads")
+)
 
 // Republisher is the operator tools' ops.Republisher: it sends ingested
-// dead letters back to the broker they came from. RabbitMQ to
-// the original exchange and routing key from x-death, with publisher
-// confirms and mandatory routing; Kafka to the original topic and, while it
-// exists, partition, acknowledged by all in-sync replicas. The original
-// bytes, properties and headers go back, without the broker's dead-letter
-// headers. A nil connection means that broker is not configured.
+// dead letters back to the broker they came from. RabbitMQ to the queue
+// that dead-lettered the message (x-death), through the default exchange
+// so that no other queue bound to the original exchange gets it again, with
+// publisher confirms and mandatory routing; Kafka to the original topic
+// and, while it exists, partition, acknowledged by all in-sync replicas
+// (every consumer group of the topic reads it again: a replay keeps the
+// event id, which consumers deduplicate by; an edit goes to
+// KafkaRetryTopic). The original bytes, properties and headers go back,
+// without the broker's dead-letter headers. A nil connection means that
+// broker is not configured.
 type Republisher struct {
 	RabbitMQ *RabbitMQConn
 	Kafka    *KafkaConn
 	// Timeout bounds one republish (default ReplayTimeoutDefault).
 	Timeout time.Duration
+	// Allow lists the destinations a dead letter may be sent to: RabbitMQ
+	// queue names and Kafka topic names. The destination is read from the
+	// message's own headers (x-death, the DLT headers), which whoever can
+	// publish into a dead-letter queue can forge; with Allow set, any other
+	// destination is refused (ErrNotAllowed). Empty: any destination.
+	Allow []string
+	// KafkaRetryTopic is where the corrected copy of an edited Kafka dead
+	// letter goes; empty: such edits are refused (ErrKafkaEditNeedsTopic).
+	KafkaRetryTopic string
 }
 
 var _ ops.Republisher = (*Republisher)(nil)
@@ -68,11 +97,28 @@ func (r *Republisher) Target(l *ops.BrokerLetter) (ops.Destination, error) {
 	}
 	switch l.From {
 	case FromRabbitMQ:
-		return lt.rabbitTarget()
+		return r.allowed(lt.rabbitTarget())
 	case FromKafka:
-		return lt.kafkaTarget()
+		return r.allowed(lt.kafkaTarget(r.KafkaRetryTopic))
 	}
 	return ops.Destination{Broker: l.From}, fmt.Errorf("%s: unknown broker %q", l.Ref, l.From)
+}
+
+// allowed refuses a destination that is not on r.Allow.
+func (r *Republisher) allowed(d ops.Destination, err error) (ops.Destination, error) {
+	if err != nil || len(r.Allow) == 0 {
+		return d, err
+	}
+	name, kind := d.Queue, "queue"
+	if d.Broker == FromKafka {
+		name, kind = d.Topic, "topic"
+	}
+	if !slices.Contains(r.Allow, name) {
+		return d, fmt.Errorf("%w: the message's headers name %s %q, which --replay-allow does not list; "+
+			"if it is right, add it (the headers come from whoever published into the dead-letter queue), else drop the message",
+			ErrNotAllowed, kind, name)
+	}
+	return d, nil
 }
 
 // Republish sends l back to its Target and returns once the broker has
@@ -89,14 +135,34 @@ func (r *Republisher) Republish(ctx context.Context, l *ops.BrokerLetter) (ops.D
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	switch {
-	case !r.Connected(l.From):
+	if !r.Connected(l.From) {
 		return ops.Destination{Broker: l.From}, fmt.Errorf("%s: no connection to %s is configured", l.Ref, l.From)
-	case l.From == FromRabbitMQ:
-		return lt.republishRabbitMQ(ctx, r.RabbitMQ)
-	default:
-		return lt.republishKafka(ctx, r.Kafka)
 	}
+	d, err := r.Target(l)
+	if err != nil {
+		return d, err
+	}
+	if l.From == FromRabbitMQ {
+		return d, lt.republishRabbitMQ(ctx, r.RabbitMQ, d)
+	}
+	return d, lt.republishKafka(ctx, r.Kafka, d)
+}
+
+// setHeader removes every spelling of name from headers (ingest and the
+// inbox read CloudEvents attributes whatever their case) and, with set,
+// sets the canonical spelling to value. It reports whether name was there.
+func setHeader(headers amqp.Table, name string, value any, set bool) bool {
+	found := false
+	for k := range headers {
+		if strings.EqualFold(k, name) {
+			delete(headers, k)
+			found = true
+		}
+	}
+	if set {
+		headers[name] = value
+	}
+	return found
 }
 
 // bytesOf reads a value stored by textOrBase64.
@@ -113,42 +179,40 @@ func bytesOf(v any) ([]byte, bool) {
 	return nil, false
 }
 
+// rabbitTarget is the queue that dead-lettered the message, reached through
+// the default exchange: the original exchange would route it to every
+// queue bound there, also to those whose consumers applied the original.
 func (r *letter) rabbitTarget() (ops.Destination, error) {
 	d := ops.Destination{Broker: FromRabbitMQ}
-	exchange, ok := bytesOf(r.source["original_exchange"])
-	key, okKey := bytesOf(r.source["original_routing_key"])
-	if !ok || !okKey {
-		return d, fmt.Errorf("%w: the message had no x-death header naming its original exchange and routing key", ErrNoTarget)
+	queue, ok := bytesOf(r.source["original_queue"])
+	if !ok || len(queue) == 0 {
+		return d, fmt.Errorf("%w: the message had no x-death header naming the queue that dead-lettered it", ErrNoTarget)
 	}
-	d.Exchange, d.RoutingKey = string(exchange), string(key)
+	d.Queue, d.RoutingKey = string(queue), string(queue)
 	return d, nil
 }
 
-func (r *letter) republishRabbitMQ(ctx context.Context, c *RabbitMQConn) (ops.Destination, error) {
-	d, err := r.rabbitTarget()
-	if err != nil {
-		return d, err
-	}
+func (r *letter) republishRabbitMQ(ctx context.Context, c *RabbitMQConn, d ops.Destination) error {
 	exchange, key := d.Exchange, d.RoutingKey
 	var hs []struct {
 		Name any    `json:"name"`
 		AMQP *typed `json:"amqp"`
 	}
 	if err := json.Unmarshal(r.Headers, &hs); err != nil {
-		return d, fmt.Errorf("stored headers: %w", err)
+		return fmt.Errorf("stored headers: %w", err)
 	}
 	table := amqp.Table{}
 	for _, h := range hs {
 		name, err := decodeName(h.Name)
 		if err != nil {
-			return d, err
+			return err
 		}
 		if amqpDeathHeaders[name] || h.AMQP == nil {
 			continue
 		}
 		v, err := decodeValue(*h.AMQP)
 		if err != nil {
-			return d, fmt.Errorf("header %q: %w", name, err)
+			return fmt.Errorf("header %q: %w", name, err)
 		}
 		table[name] = v
 	}
@@ -177,49 +241,58 @@ func (r *letter) republishRabbitMQ(ctx context.Context, c *RabbitMQConn) (ops.De
 		// The corrected copy is a new message: its own id, and the
 		// original's as its cause.
 		msg.MessageId = r.CopyID
-		if _, ok := table[wire.AMQPPrefix+wire.AttrID]; ok {
-			table[wire.AMQPPrefix+wire.AttrID] = r.CopyID
-			table[wire.AMQPPrefix+wire.AttrCausationID] = r.EventID
+		if setHeader(table, wire.AMQPPrefix+wire.AttrID, nil, false) {
+			setHeader(table, wire.AMQPPrefix+wire.AttrID, r.CopyID, true)
+			setHeader(table, wire.AMQPPrefix+wire.AttrCausationID, r.EventID, true)
 		}
-		table[wire.EditOfHeader] = r.EventID
+		setHeader(table, wire.EditOfHeader, r.EventID, true)
 	}
 	conn, err := c.dial(ctx, "outboxkit dlq replay")
 	if err != nil {
-		return d, err
+		return err
 	}
 	defer conn.Close()
 	ch, err := conn.Channel()
 	if err != nil {
-		return d, fmt.Errorf("open channel: %w", err)
+		return fmt.Errorf("open channel: %w", err)
 	}
 	defer ch.Close()
 	if err := ch.Confirm(false); err != nil {
-		return d, fmt.Errorf("publisher confirms: %w", err)
+		return fmt.Errorf("publisher confirms: %w", err)
 	}
 	returns := ch.NotifyReturn(make(chan amqp.Return, 1))
 	dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, true, false, msg)
 	if err != nil {
-		return d, fmt.Errorf("publish to exchange %q: %w", exchange, err)
+		return fmt.Errorf("publish to queue %q: %w: %w", d.Queue, ops.ErrOutcomeUnknown, err)
 	}
 	acked, err := dc.WaitContext(ctx)
 	if err != nil {
-		return d, fmt.Errorf("no publisher confirm: %w", err)
+		return fmt.Errorf("no publisher confirm from RabbitMQ: %w: %w", ops.ErrOutcomeUnknown, err)
 	}
 	if !acked {
-		return d, fmt.Errorf("RabbitMQ refused the message (nack) on exchange %q", exchange)
+		return fmt.Errorf("RabbitMQ refused the message (nack) for queue %q", d.Queue)
 	}
 	// A mandatory message that no queue took is returned before its ack.
 	select {
 	case ret := <-returns:
-		return d, fmt.Errorf("unroutable: exchange %q has no queue bound for routing key %q (%d %s); bind one, then replay again",
-			exchange, key, ret.ReplyCode, ret.ReplyText)
+		return fmt.Errorf("unroutable: queue %q does not exist (%d %s); declare it, then replay again",
+			d.Queue, ret.ReplyCode, ret.ReplyText)
 	default:
 	}
-	return d, nil
+	return nil
 }
 
-func (r *letter) kafkaTarget() (ops.Destination, error) {
+// kafkaTarget is the original topic and partition, or for the corrected
+// copy of an edit the retry topic.
+func (r *letter) kafkaTarget(retryTopic string) (ops.Destination, error) {
 	d := ops.Destination{Broker: FromKafka}
+	if r.CopyID != "" {
+		if retryTopic == "" {
+			return d, ErrKafkaEditNeedsTopic
+		}
+		d.Topic = retryTopic
+		return d, nil
+	}
 	topic, ok := bytesOf(r.source["original_topic"])
 	if !ok || len(topic) == 0 {
 		return d, fmt.Errorf("%w: the record carried no original-topic header (outboxkit-dlt-original-topic, kafka_dlt-original-topic or __connect.errors.topic)", ErrNoTarget)
@@ -232,26 +305,22 @@ func (r *letter) kafkaTarget() (ops.Destination, error) {
 	return d, nil
 }
 
-func (r *letter) republishKafka(ctx context.Context, c *KafkaConn) (ops.Destination, error) {
-	d, err := r.kafkaTarget()
-	if err != nil {
-		return d, err
-	}
+func (r *letter) republishKafka(ctx context.Context, c *KafkaConn, d ops.Destination) error {
 	var hs []struct {
 		Name  any `json:"name"`
 		Value any `json:"value"`
 	}
 	if err := json.Unmarshal(r.Headers, &hs); err != nil {
-		return d, fmt.Errorf("stored headers: %w", err)
+		return fmt.Errorf("stored headers: %w", err)
 	}
 	msg := kafkago.Message{Topic: d.Topic, Value: r.Payload}
 	idHeader, causeHeader := wire.KafkaPrefix+wire.AttrID, wire.KafkaPrefix+wire.AttrCausationID
-	cloudEvent, caused := false, false
+	cloudEvent := false
 	for _, h := range hs {
 		name, ok1 := bytesOf(h.Name)
 		value, ok2 := bytesOf(h.Value)
 		if !ok1 || !ok2 {
-			return d, fmt.Errorf("stored header %v is malformed", h.Name)
+			return fmt.Errorf("stored header %v is malformed", h.Name)
 		}
 		if isDLTHeader(string(name)) {
 			continue
@@ -259,20 +328,22 @@ func (r *letter) republishKafka(ctx context.Context, c *KafkaConn) (ops.Destinat
 		if r.CopyID != "" {
 			// The corrected copy is a new event: its own id, and the
 			// original's as its cause.
-			switch string(name) {
-			case idHeader:
-				value, cloudEvent = []byte(r.CopyID), true
-			case causeHeader:
-				value, caused = []byte(r.EventID), true
-			case wire.EditOfHeader:
+			// Every spelling, as ingest and the inbox read them whatever
+			// their case; the canonical ones are written below.
+			switch n := string(name); {
+			case strings.EqualFold(n, idHeader):
+				cloudEvent = true
+				continue
+			case strings.EqualFold(n, causeHeader), strings.EqualFold(n, wire.EditOfHeader):
 				continue
 			}
 		}
 		msg.Headers = append(msg.Headers, kafkago.Header{Key: string(name), Value: value})
 	}
 	if r.CopyID != "" {
-		if cloudEvent && !caused {
-			msg.Headers = append(msg.Headers, kafkago.Header{Key: causeHeader, Value: []byte(r.EventID)})
+		if cloudEvent {
+			msg.Headers = append(msg.Headers, kafkago.Header{Key: idHeader, Value: []byte(r.CopyID)},
+				kafkago.Header{Key: causeHeader, Value: []byte(r.EventID)})
 		}
 		msg.Headers = append(msg.Headers, kafkago.Header{Key: wire.EditOfHeader, Value: []byte(r.EventID)})
 	}
@@ -297,7 +368,12 @@ func (r *letter) republishKafka(ctx context.Context, c *KafkaConn) (ops.Destinat
 		})}
 	defer w.Close()
 	if err := w.WriteMessages(ctx, msg); err != nil {
-		return d, fmt.Errorf("write to Kafka topic %q: %w", d.Topic, err)
+		var refused kafkago.Error
+		if errors.As(err, &refused) {
+			// The brokers answered with an error code: not written.
+			return fmt.Errorf("write to Kafka topic %q: %w", d.Topic, err)
+		}
+		return fmt.Errorf("write to Kafka topic %q: %w: %w", d.Topic, ops.ErrOutcomeUnknown, err)
 	}
-	return d, nil
+	return nil
 }

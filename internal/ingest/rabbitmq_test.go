@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/url"
 	"reflect"
@@ -410,10 +411,10 @@ func TestRabbitMQAckAfterCommit(t *testing.T) {
 
 // A replay by the operator tools, through the Republisher, sends the
 // original bytes, properties and headers (without the broker's x-death)
-// back to the original exchange and routing key, where
-// the work queue receives them; the row is marked replayed with its audit
-// entry. Drop and restore are audited too; an unroutable or
-// destination-less message is not replayed and stays parked.
+// back to the queue that dead-lettered them (the work queue), through the
+// default exchange; the row is marked replayed with its audit entry. Drop
+// and restore are audited too; an unroutable or destination-less message is
+// not replayed and stays parked.
 func TestRabbitMQReplayDropRestore(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -436,7 +437,7 @@ func TestRabbitMQReplayDropRestore(t *testing.T) {
 	ref := func(id int64) ops.Ref { return ops.Ref{Kind: ops.KindInbox, ID: id} }
 
 	out, err := store.Replay(ctx, a, ref(row.ID))
-	if err != nil || !strings.Contains(out.Note, b.topo.ex) {
+	if err != nil || !strings.Contains(out.Note, fmt.Sprintf("queue %q", b.topo.work)) {
 		t.Fatalf("replay: %+v %v", out, err)
 	}
 	var got amqp.Delivery
@@ -449,7 +450,7 @@ func TestRabbitMQReplayDropRestore(t *testing.T) {
 		return ok
 	})
 	if !bytes.Equal(got.Body, sent.Body) || got.MessageId != id || got.Type != sent.Type || got.CorrelationId != sent.CorrelationId ||
-		got.Priority != sent.Priority || !got.Timestamp.Equal(sent.Timestamp) || got.RoutingKey != "payments" {
+		got.Priority != sent.Priority || !got.Timestamp.Equal(sent.Timestamp) || got.Exchange != "" || got.RoutingKey != b.topo.work {
 		t.Errorf("replayed delivery: %+v", got)
 	}
 	if _, ok := got.Headers["x-death"]; ok {
@@ -473,7 +474,8 @@ func TestRabbitMQReplayDropRestore(t *testing.T) {
 		t.Errorf("second replay: %v", err)
 	}
 
-	// Drop, then restore, then unroutable: the original binding is gone.
+	// Drop, then restore, then unroutable: the queue that dead-lettered it
+	// is gone.
 	two := b.row(t, "payload = $1", []byte("two"))
 	if _, err := store.Drop(ctx, a, ref(two.ID)); err != nil || b.row(t, "id = $1", two.ID).Status != "dropped" {
 		t.Fatalf("drop: %v", err)
@@ -491,11 +493,11 @@ func TestRabbitMQReplayDropRestore(t *testing.T) {
 	if !reflect.DeepEqual(actions, []string{"ingest", "drop", "restore"}) {
 		t.Errorf("audit of the dropped and restored row: %v", actions)
 	}
-	if err := b.topo.ch.QueueUnbind(b.topo.work, "payments", b.topo.ex, nil); err != nil {
+	if _, err := b.topo.ch.QueueDelete(b.topo.work, false, false, false); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := store.Replay(ctx, a, ref(two.ID)); err == nil || !strings.Contains(err.Error(), "unroutable") {
-		t.Errorf("replay without a bound queue: %v", err)
+		t.Errorf("replay to a queue that is gone: %v", err)
 	}
 	if r := b.row(t, "id = $1", two.ID); r.Status != "parked" {
 		t.Errorf("an unroutable replay changed the row to %s", r.Status)

@@ -344,30 +344,87 @@ func (s *Store) Redrive(ctx context.Context, a Action, f Filter, opt RedriveOpti
 	if f.Kind == KindInbox {
 		return s.redriveInbox(ctx, a, items, opt)
 	}
+	if !opt.DryRun {
+		refs := make([]Ref, len(items))
+		for i, it := range items {
+			refs[i] = it.Ref
+		}
+		return s.replayEach(ctx, a, refs, opt)
+	}
+	var outs []Outcome
+	for _, it := range items {
+		note := fmt.Sprintf("%s %s key %q #%d, %s: %s", it.Type, it.EventID, it.Key, it.Sequence, it.ErrorClass, it.Error)
+		if it.Waiting > 0 {
+			note += fmt.Sprintf(" (%d later events of the key follow it)", it.Waiting)
+		}
+		outs = append(outs, Outcome{Ref: it.Ref, Result: "would replay", Note: note})
+	}
+	return outs, nil
+}
+
+// OutcomeOf is the outcome of one action of a bulk run that returned o and
+// err: o, or a failure saying what err means. stop is true when the run must stop: a message may be at its broker
+// unrecorded (ErrOutcomeUnknown, ErrSentNotRecorded), and going on would
+// pile up more such sends while the broker or the database is failing.
+func OutcomeOf(ref Ref, o Outcome, err error) (Outcome, bool) {
+	switch {
+	case err == nil:
+		return o, false
+	case errors.Is(err, ErrSentNotRecorded):
+		return Outcome{Ref: ref, Result: "sent, not recorded", Note: err.Error()}, true
+	case errors.Is(err, ErrOutcomeUnknown):
+		return Outcome{Ref: ref, Result: "outcome unknown", Note: err.Error()}, true
+	}
+	return Outcome{Ref: ref, Result: "failed", Note: err.Error()}, false
+}
+
+// ReplayRefs replays several refs as one bulk action, as Redrive does a
+// filter's: under the two-person rule it needs an approval
+// (ApprovalSpec{Verb: "redrive", Refs: refs}; ErrApprovalRequired); every
+// broker a broker dead letter among refs needs is checked before anything
+// runs (a *NoBrokerError); the replays are rate-limited (opt.PerSec) and
+// stop at the first whose outcome is unknown. One ref is a plain Replay.
+func (s *Store) ReplayRefs(ctx context.Context, a Action, refs []Ref, opt RedriveOptions) ([]Outcome, error) {
+	if err := a.check(); err != nil {
+		return nil, err
+	}
+	if len(refs) == 1 {
+		o, err := s.Replay(ctx, a, refs[0])
+		o, _ = OutcomeOf(refs[0], o, err)
+		return []Outcome{o}, err
+	}
+	if err := s.needApproval(ctx, a, "replay of several events"); err != nil {
+		return nil, err
+	}
+	if err := s.brokersReady(ctx, refs); err != nil {
+		return nil, err
+	}
+	return s.replayEach(ctx, a, refs, opt)
+}
+
+// replayEach replays refs in order, rate-limited, stopping early when
+// OutcomeOf says so or ctx ends.
+func (s *Store) replayEach(ctx context.Context, a Action, refs []Ref, opt RedriveOptions) ([]Outcome, error) {
+	if opt.PerSec <= 0 {
+		opt.PerSec = 50
+	}
 	sleep := opt.sleeper()
 	gap := time.Duration(float64(time.Second) / opt.PerSec)
 	var outs []Outcome
-	for i, it := range items {
-		if opt.DryRun {
-			note := fmt.Sprintf("%s %s key %q #%d, %s: %s", it.Type, it.EventID, it.Key, it.Sequence, it.ErrorClass, it.Error)
-			if it.Waiting > 0 {
-				note += fmt.Sprintf(" (%d later events of the key follow it)", it.Waiting)
-			}
-			outs = append(outs, Outcome{Ref: it.Ref, Result: "would replay", Note: note})
-			continue
-		}
+	for i, ref := range refs {
 		if i > 0 {
 			if err := sleep(ctx, gap); err != nil {
 				return outs, err
 			}
 		}
-		o, err := s.Replay(ctx, a, it.Ref)
-		if err != nil {
-			o = Outcome{Ref: it.Ref, Result: "failed", Note: err.Error()}
-		}
+		o, err := s.Replay(ctx, a, ref)
+		o, stop := OutcomeOf(ref, o, err)
 		outs = append(outs, o)
+		if stop {
+			return outs, err
+		}
 		if opt.Progress != nil {
-			opt.Progress(i+1, len(items))
+			opt.Progress(i+1, len(refs))
 		}
 	}
 	return outs, nil

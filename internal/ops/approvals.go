@@ -125,7 +125,7 @@ func (a Action) withApproval(details any) any {
 // ApprovalSpec is what an approval runs.
 type ApprovalSpec struct {
 	Verb        string  // redrive, drop or edit
-	Refs        []Ref   // drop, edit (one): the targets
+	Refs        []Ref   // drop, edit (one), redrive without a filter (a replay of several refs): the targets
 	Filter      *Filter // redrive: the filter; the refs it matches now are what runs
 	Payload     []byte  // edit
 	ContentType string  // edit of an outbox event
@@ -188,8 +188,17 @@ func (s *Store) RequestApproval(ctx context.Context, a Action, spec ApprovalSpec
 	var rate *float64
 	switch spec.Verb {
 	case "redrive":
+		if spec.Filter == nil && len(spec.Refs) > 0 {
+			// A replay of several refs (ReplayRefs): exactly those.
+			for _, r := range spec.Refs {
+				refs = append(refs, r.String())
+			}
+			r := spec.PerSec
+			rate = &r
+			break
+		}
 		if spec.Filter == nil {
-			return nil, errors.New("a redrive approval needs a filter")
+			return nil, errors.New("a redrive approval needs a filter or refs")
 		}
 		f, items, err := s.redriveItems(ctx, *spec.Filter)
 		if err != nil {
@@ -374,26 +383,7 @@ func (s *Store) Approve(ctx context.Context, a Action, id int64, opt RedriveOpti
 	switch ap.Verb {
 	case "redrive":
 		opt.PerSec = ap.PerSec
-		if opt.PerSec <= 0 {
-			opt.PerSec = 50
-		}
-		sleep := opt.sleeper()
-		gap := time.Duration(float64(time.Second) / opt.PerSec)
-		for i, ref := range refs {
-			if i > 0 {
-				if runErr = sleep(ctx, gap); runErr != nil {
-					break
-				}
-			}
-			o, err := s.Replay(ctx, run, ref)
-			if err != nil {
-				o = Outcome{Ref: ref, Result: "failed", Note: err.Error()}
-			}
-			outs = append(outs, o)
-			if opt.Progress != nil {
-				opt.Progress(i+1, len(refs))
-			}
-		}
+		outs, runErr = s.replayEach(ctx, run, refs, opt)
 	case "drop", "edit":
 		for _, ref := range refs {
 			var o Outcome
@@ -403,10 +393,14 @@ func (s *Store) Approve(ctx context.Context, a Action, id int64, opt RedriveOpti
 			} else {
 				o, err = s.Edit(ctx, run, ref, ap.payload, ap.ContentType)
 			}
-			if err != nil {
-				o = Outcome{Ref: ref, Result: "failed", Note: err.Error()}
+			var stop bool
+			if o, stop = OutcomeOf(ref, o, err); stop {
+				runErr = err
 			}
 			outs = append(outs, o)
+			if stop {
+				break
+			}
 		}
 	}
 	result, err := json.Marshal(outs)

@@ -372,7 +372,7 @@ func (s *Store) redriveInbox(ctx context.Context, a Action, items []Item, opt Re
 	var targets map[int64]brokerTarget
 	var err error
 	if opt.DryRun {
-		if targets, err = s.brokerTargets(ctx, items); err != nil {
+		if targets, err = s.brokerTargets(ctx, items, false); err != nil {
 			return nil, err
 		}
 	} else if err := s.itemsReady(items); err != nil {
@@ -401,11 +401,11 @@ func (s *Store) redriveInbox(ctx context.Context, a Action, items []Item, opt Re
 		} else {
 			o, err = s.requestOnDeadLetter(ctx, a, it.Ref, "replay", nil)
 		}
-		switch {
-		case errors.Is(err, ErrRequestPending):
+		var stop bool
+		if errors.Is(err, ErrRequestPending) {
 			o = Outcome{Ref: it.Ref, Result: "skipped", Note: err.Error()}
-		case err != nil:
-			o = Outcome{Ref: it.Ref, Result: "failed", Note: err.Error()}
+		} else if o, stop = OutcomeOf(it.Ref, o, err); stop {
+			return append(outs, o), err
 		}
 		outs = append(outs, o)
 		if opt.Progress != nil {
@@ -430,6 +430,10 @@ func (s *Store) redriveDryRun(it Item, t brokerTarget) Outcome {
 			note = fmt.Sprintf("sent back to its origin on %s (%s)", brokerName(it.IngestedFrom), note)
 		default:
 			note = fmt.Sprintf("sent back to %s (%s)", t.dest, note)
+		}
+		if it.IngestedFrom == BrokerKafka {
+			note += "; every consumer group of the topic reads it again, with the same event id: " +
+				"safe only where they deduplicate by event id (the inbox does)"
 		}
 		var nb *NoBrokerError
 		if err := s.BrokerReady(it.IngestedFrom); errors.As(err, &nb) {

@@ -2,14 +2,18 @@ package ops
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/outboxkit/outboxkit/internal/pgutil"
 )
 
 // Broker dead letters are the rows of inbox.dead_letters that outboxkit dlq
@@ -33,6 +37,16 @@ var (
 	ErrNoBroker = errors.New("broker not configured")
 	// ErrBusy: another operator holds the dead letter (a send in flight).
 	ErrBusy = errors.New("another operator is acting on this dead letter right now; try again in a moment")
+	// ErrSentNotRecorded: the broker confirmed the message, but neither the
+	// operator's transaction nor a fresh one could record it (status,
+	// audit entry). The message is at its destination.
+	ErrSentNotRecorded = errors.New("sent and confirmed by the broker, but not recorded (the database failed): do not retry, the message was sent; " +
+		"check the dead letter's status and the audit log once the database is back")
+	// ErrOutcomeUnknown: the message may have reached the broker; its
+	// confirmation was lost (a timeout, a dropped connection). A
+	// Republisher wraps it around such errors.
+	ErrOutcomeUnknown = errors.New("the broker's confirmation was lost, so the message may have been sent: do not retry blindly; " +
+		"look for it at its destination first (a retry of the same replay or edit sends the same event id, which consumers deduplicate)")
 )
 
 // NoBrokerError says that a broker dead letter cannot be replayed or edited
@@ -85,7 +99,11 @@ type BrokerLetter struct {
 
 // Destination is where a broker dead letter goes back to.
 type Destination struct {
-	Broker     string `json:"broker"`
+	Broker string `json:"broker"`
+	// RabbitMQ: the queue that dead-lettered the message, reached through
+	// the default exchange (Exchange "", RoutingKey the queue's name), so
+	// that only that queue gets it again.
+	Queue      string `json:"queue,omitempty"`
 	Exchange   string `json:"exchange,omitempty"`
 	RoutingKey string `json:"routing_key,omitempty"`
 	Topic      string `json:"topic,omitempty"`
@@ -94,6 +112,8 @@ type Destination struct {
 
 func (d Destination) String() string {
 	switch {
+	case d.Broker == BrokerRabbitMQ && d.Queue != "" && d.Exchange == "":
+		return fmt.Sprintf("RabbitMQ queue %q (through the default exchange: no other queue gets it)", d.Queue)
 	case d.Broker == BrokerRabbitMQ:
 		return fmt.Sprintf("RabbitMQ exchange %q with routing key %q", d.Exchange, d.RoutingKey)
 	case d.Broker == BrokerKafka && d.Partition != nil:
@@ -139,9 +159,10 @@ func (s *Store) BrokerReady(broker string) error {
 	return &e
 }
 
-// BrokerTarget says where a replay of broker dead letter ref would send it.
-func (s *Store) BrokerTarget(ctx context.Context, ref Ref) (Destination, error) {
-	targets, err := s.brokerTargets(ctx, []Item{{Ref: ref}})
+// BrokerTarget says where a replay of broker dead letter ref would send it,
+// or with edit where the corrected copy of an edit would go.
+func (s *Store) BrokerTarget(ctx context.Context, ref Ref, edit bool) (Destination, error) {
+	targets, err := s.brokerTargets(ctx, []Item{{Ref: ref}}, edit)
 	if err != nil {
 		return Destination{}, err
 	}
@@ -159,8 +180,8 @@ type brokerTarget struct {
 }
 
 // brokerTargets reads the origin of the broker dead letters among items and
-// says where each would go, in one query.
-func (s *Store) brokerTargets(ctx context.Context, items []Item) (map[int64]brokerTarget, error) {
+// says where each would go (with edit, its corrected copy), in one query.
+func (s *Store) brokerTargets(ctx context.Context, items []Item, edit bool) (map[int64]brokerTarget, error) {
 	var ids []int64
 	for _, it := range items {
 		if it.Ref.Kind == KindInbox {
@@ -179,6 +200,11 @@ func (s *Store) brokerTargets(ctx context.Context, items []Item) (map[int64]brok
 	_, err = pgx.ForEachRow(rows, []any{&l.Ref.ID, &l.From, &l.EventID, &l.Source}, func() error {
 		c := l
 		c.Ref.Kind = KindInbox
+		if edit {
+			// Where a copy goes does not depend on its id; Target only
+			// needs to know that it is one.
+			c.CopyID = "the corrected copy"
+		}
 		t := brokerTarget{from: c.From}
 		if s.republisher == nil {
 			t.dest, t.err = Destination{Broker: c.From}, s.BrokerReady(c.From)
@@ -200,7 +226,7 @@ func (s *Store) brokersReady(ctx context.Context, refs []Ref) error {
 			items = append(items, Item{Ref: r})
 		}
 	}
-	targets, err := s.brokerTargets(ctx, items)
+	targets, err := s.brokerTargets(ctx, items, false)
 	if err != nil {
 		return err
 	}
@@ -235,84 +261,203 @@ func (s *Store) ingestedFrom(ctx context.Context, ref Ref) (string, error) {
 	return from, err
 }
 
+// Budgets of a send to a broker. The recording of a confirmed send (the
+// status change and the audit entry) runs on its own budget, after the
+// caller's context has ended if need be: once the broker has the message,
+// leaving it unrecorded is worse than finishing late.
+const (
+	// recordTimeout bounds the recording of a confirmed send, each try.
+	recordTimeout = 10 * time.Second
+	// recordReserve is kept of the caller's deadline for the recording;
+	// the send gets what is left.
+	recordReserve = 10 * time.Second
+	// minSendBudget: with less time than this left for the send, nothing
+	// is sent.
+	minSendBudget = 2 * time.Second
+)
+
+// copyNamespace is the name space of the event ids of corrected copies
+// (copyID).
+const copyNamespace = "5d3c1a8e-7f0b-4c2e-9a61-0b7e2f4d8c19"
+
+// copyID is the event id of the corrected copy of broker dead letter ref
+// (event eventID) carrying payload: a UUID (version 8, SHA-256 name based)
+// of the three, so that a retry of the same edit, after an unknown outcome
+// or a send that could not be recorded, sends the same event id again,
+// which consumers deduplicate, and a different correction gets its own.
+func copyID(ref Ref, eventID string, payload []byte) string {
+	sum := sha256.Sum256(payload)
+	name := fmt.Appendf(nil, "inbox.dead_letters/%d/%s/%x", ref.ID, eventID, sum)
+	return uuid.NewHash(sha256.New(), uuid.MustParse(copyNamespace), name, 8).String()
+}
+
+// sendContext is the caller's context for the send, ending recordReserve
+// before the caller's deadline so that the recording fits in it.
+func sendContext(ctx context.Context, ref Ref) (context.Context, context.CancelFunc, error) {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		c, cancel := context.WithCancel(ctx)
+		return c, cancel, nil
+	}
+	left := time.Until(deadline) - recordReserve
+	if left < minSendBudget {
+		return nil, nil, fmt.Errorf("%s: only %s left before the deadline, too little to send it and record the send; nothing was sent",
+			ref, time.Until(deadline).Round(time.Millisecond))
+	}
+	c, cancel := context.WithTimeout(ctx, left)
+	return c, cancel, nil
+}
+
+// send is a broker dead letter about to be sent, and what recording the
+// send writes.
+type send struct {
+	letter  *BrokerLetter
+	before  json.RawMessage
+	action  string // replay or edit
+	status  string // replayed or edited
+	edited  []byte // edit: the corrected payload, kept on the row
+	targets []string
+	details map[string]any
+}
+
 // sendIngested sends parked broker dead letter ref back to its broker (with
 // edit, a corrected copy of it carrying payload), then marks it replayed
-// (edited), audited, in one transaction. The row stays locked during the
-// send (one message, bounded by the Republisher's timeout) so that two
-// operators never send it twice, and it changes only once the broker has
-// confirmed the message. If the database fails after that, the row stays
-// parked and the error says so.
+// (edited), audited. The row stays locked during the send (one message,
+// bounded by the Republisher's timeout and the caller's deadline less
+// recordReserve) so that two operators never send it at once, and it
+// changes only once the broker has confirmed the message.
+//
+// After the confirmation the recording runs whatever the caller's context:
+// in the transaction that locked the row, else (that transaction was lost:
+// a failover, idle_in_transaction_session_timeout) in a fresh one. If both
+// fail the error is ErrSentNotRecorded; if the broker's answer was lost,
+// ErrOutcomeUnknown. The copy of an edit has a stable event id (copyID), so
+// a retry of the same edit sends the same event again, never a second one.
 func (s *Store) sendIngested(ctx context.Context, a Action, ref Ref, edit bool, payload []byte) (Outcome, error) {
 	if err := a.check(); err != nil {
 		return Outcome{}, err
 	}
-	out := Outcome{Ref: ref, Result: "replayed"}
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		l := &BrokerLetter{Ref: ref}
-		var before json.RawMessage
-		var status, consumer string
-		err := tx.QueryRow(ctx, s.in.lockIngested, ref.ID).Scan(&before, &status, &consumer, &l.From, &l.EventID,
-			&l.Payload, &l.Headers, &l.Source)
-		var pgErr *pgconn.PgError
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			return fmt.Errorf("%s: %w", ref, ErrNotFound)
-		case errors.As(err, &pgErr) && pgErr.Code == "55P03": // lock_not_available
-			return fmt.Errorf("%s: %w", ref, ErrBusy)
-		case err != nil:
+	rec := context.WithoutCancel(ctx)
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return Outcome{}, err
+	}
+	defer func() {
+		c, cancel := context.WithTimeout(rec, recordTimeout)
+		defer cancel()
+		tx.Rollback(c) //nolint:errcheck // after a commit, or on a lost connection, there is nothing to roll back
+	}()
+	p, err := s.lockForSend(ctx, tx, ref, edit, payload)
+	if err != nil {
+		return Outcome{}, err
+	}
+	sendCtx, cancelSend, err := sendContext(ctx, ref)
+	if err != nil {
+		return Outcome{}, err
+	}
+	dest, err := s.republisher.Republish(sendCtx, p.letter)
+	cancelSend()
+	switch {
+	case errors.Is(err, ErrOutcomeUnknown):
+		return Outcome{}, fmt.Errorf("%s is still parked, but %w", ref, err)
+	case err != nil:
+		return Outcome{}, fmt.Errorf("%s not %s, nothing was sent, still parked: %w", ref, p.status, err)
+	}
+	p.details["republished_to"] = dest
+	out := Outcome{Ref: ref, Result: p.status, Note: fmt.Sprintf("republished to %s (confirmed by the broker)", dest)}
+	if edit {
+		out.NewEventID = p.letter.CopyID
+		out.Note = fmt.Sprintf("a corrected copy, event %s, republished to %s (confirmed by the broker); the original is kept, status edited",
+			p.letter.CopyID, dest)
+	}
+	c, cancel := context.WithTimeout(rec, recordTimeout)
+	defer cancel()
+	first := s.recordSend(c, tx, a, ref, p)
+	if first == nil {
+		if first = tx.Commit(c); first == nil {
+			return out, nil
+		}
+	}
+	// The locking transaction is lost, the message is at the broker:
+	// record it in a fresh transaction.
+	p.details["recorded_after_error"] = pgutil.Redact(first.Error())
+	c2, cancel2 := context.WithTimeout(rec, recordTimeout)
+	defer cancel2()
+	if err := pgx.BeginFunc(c2, s.pool, func(tx pgx.Tx) error { return s.recordSend(c2, tx, a, ref, p) }); err != nil {
+		what := "it"
+		if edit {
+			what = "its corrected copy, event " + p.letter.CopyID + ","
+		}
+		return out, fmt.Errorf("%s: %s went to %s: %w: %w", ref, what, dest, ErrSentNotRecorded, errors.Join(first, err))
+	}
+	out.Note += "; recorded in a second transaction, the first was lost after the send"
+	return out, nil
+}
+
+// lockForSend locks parked broker dead letter ref (NOWAIT) and prepares its
+// send.
+func (s *Store) lockForSend(ctx context.Context, tx pgx.Tx, ref Ref, edit bool, payload []byte) (*send, error) {
+	l := &BrokerLetter{Ref: ref}
+	p := &send{letter: l, action: "replay", status: "replayed"}
+	var status, consumer string
+	err := tx.QueryRow(ctx, s.in.lockIngested, ref.ID).Scan(&p.before, &status, &consumer, &l.From, &l.EventID,
+		&l.Payload, &l.Headers, &l.Source)
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil, fmt.Errorf("%s: %w", ref, ErrNotFound)
+	case errors.As(err, &pgErr) && pgErr.Code == "55P03": // lock_not_available
+		return nil, fmt.Errorf("%s: %w", ref, ErrBusy)
+	case err != nil:
+		return nil, err
+	case l.From == "":
+		return nil, fmt.Errorf("%s belongs to consumer %s, not to a broker: %w", ref, consumer, ErrWrongStatus)
+	case status != "parked":
+		return nil, fmt.Errorf("%s is %s, only parked dead letters are replayed or edited: %w", ref, status, ErrWrongStatus)
+	}
+	if err := s.BrokerReady(l.From); err != nil {
+		return nil, fmt.Errorf("%s %w", ref, err)
+	}
+	p.details = map[string]any{"ref": ref.String(), "consumer": consumer, "ingested_from": l.From}
+	p.targets = []string{strconv.FormatInt(ref.ID, 10), l.EventID}
+	if edit {
+		// Fingerprints and size only: the audit log never holds payload
+		// bytes. The corrected payload is kept on the dead letter
+		// (edited_payload), where redaction reaches it.
+		p.edited = payload
+		if p.edited == nil {
+			p.edited = []byte{}
+		}
+		l.CopyID = copyID(ref, l.EventID, p.edited)
+		p.details["new_event_id"], p.details["edit_of"] = l.CopyID, l.EventID
+		p.details["original_payload_sha256"] = sha256Hex(l.Payload)
+		p.details["edited_payload_sha256"], p.details["edited_payload_bytes"] = sha256Hex(p.edited), len(p.edited)
+		l.Payload = p.edited
+		p.targets = append(p.targets, l.CopyID)
+		p.action, p.status = "edit", "edited"
+	}
+	return p, nil
+}
+
+// recordSend marks the dead letter of a confirmed send replayed (edited) and
+// audits it, in tx. When the row is no longer parked because the lost
+// first transaction did commit, that is the record: nothing is written
+// twice.
+func (s *Store) recordSend(ctx context.Context, tx pgx.Tx, a Action, ref Ref, p *send) error {
+	var after json.RawMessage
+	err := tx.QueryRow(ctx, s.in.closeIngested, ref.ID, p.status, p.edited).Scan(&after)
+	if errors.Is(err, pgx.ErrNoRows) {
+		var status string
+		if err := tx.QueryRow(ctx, s.in.ingestedStatus, ref.ID).Scan(&status); err != nil {
 			return err
-		case l.From == "":
-			return fmt.Errorf("%s belongs to consumer %s, not to a broker: %w", ref, consumer, ErrWrongStatus)
-		case status != "parked":
-			return fmt.Errorf("%s is %s, only parked dead letters are replayed or edited: %w", ref, status, ErrWrongStatus)
 		}
-		if err := s.BrokerReady(l.From); err != nil {
-			return fmt.Errorf("%s %w", ref, err)
+		if status == p.status {
+			return nil
 		}
-		details := map[string]any{"ref": ref.String(), "consumer": consumer, "ingested_from": l.From}
-		targets := []string{strconv.FormatInt(ref.ID, 10), l.EventID}
-		action, newStatus := "replay", "replayed"
-		var edited []byte
-		if edit {
-			copyID, err := uuid.NewV7()
-			if err != nil {
-				return err
-			}
-			// Fingerprints and size only: the audit log never holds payload
-			// bytes. The corrected payload is kept on the dead letter
-			// (edited_payload), where redaction reaches it.
-			edited = payload
-			if edited == nil {
-				edited = []byte{}
-			}
-			l.CopyID = copyID.String()
-			details["new_event_id"], details["edit_of"] = l.CopyID, l.EventID
-			details["original_payload_sha256"] = sha256Hex(l.Payload)
-			details["edited_payload_sha256"], details["edited_payload_bytes"] = sha256Hex(edited), len(edited)
-			l.Payload = edited
-			targets = append(targets, l.CopyID)
-			action, newStatus, out.Result, out.NewEventID = "edit", "edited", "edited", l.CopyID
-		}
-		dest, err := s.republisher.Republish(ctx, l)
-		if err != nil {
-			return fmt.Errorf("%s not %s, still parked: %w", ref, newStatus, err)
-		}
-		details["republished_to"] = dest
-		var after json.RawMessage
-		if err := tx.QueryRow(ctx, s.in.closeIngested, ref.ID, newStatus, edited).Scan(&after); err != nil {
-			if edit {
-				return fmt.Errorf("%s: its corrected copy (event %s) went to %s, but the dead letter could not be marked edited: %w; look for the copy there before editing again (a second edit sends another copy, with another event id)",
-					ref, l.CopyID, dest, err)
-			}
-			return fmt.Errorf("%s went to %s, but could not be marked replayed: %w; a second replay sends it again (consumers deduplicate by event id)",
-				ref, dest, err)
-		}
-		out.Note = fmt.Sprintf("republished to %s (confirmed by the broker)", dest)
-		if edit {
-			out.Note = fmt.Sprintf("a corrected copy, event %s, republished to %s (confirmed by the broker); the original is kept, status edited",
-				l.CopyID, dest)
-		}
-		return s.auditInbox(ctx, tx, a, action, targets, before, after, details)
-	})
-	return out, err
+		return fmt.Errorf("%s is %s now, not %s: %w", ref, status, p.status, ErrWrongStatus)
+	}
+	if err != nil {
+		return err
+	}
+	return s.auditInbox(ctx, tx, a, p.action, p.targets, p.before, after, p.details)
 }

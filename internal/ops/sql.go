@@ -373,6 +373,10 @@ RETURNING to_jsonb(dead_letters) - 'payload' - 'edited_payload' - 'headers'`
  WHERE d.id = $1 AND d.status = 'parked' AND d.ingested_from IS NOT NULL
 RETURNING to_jsonb(d) - 'payload' - 'edited_payload' - 'headers' || jsonb_build_object('payload_bytes', length(d.payload))`
 
+	// ingestedStatusSQL: the status of a broker dead letter, to check
+	// whether a lost transaction did commit.
+	ingestedStatusSQL = `SELECT status FROM {{I}}.dead_letters WHERE id = $1`
+
 	// requestsOfSQL: every request on the dead letters $1, oldest first.
 	requestsOfSQL = `SELECT id, dead_letter_id, consumer, action, status, requested_by, reason, requested_at, done_at,
        coalesce(done_by, ''), coalesce(outcome, ''), length(payload)
@@ -393,10 +397,10 @@ RETURNING to_jsonb(d) - 'payload' - 'edited_payload' - 'headers' || jsonb_build_
 )
 
 type inboxStatements struct {
-	lockDeadLetter, deadLetterLane, lockLane, pendingRequestOf, insertRequest string
-	cancelRequests, dropDeadLetter, restoreDeadLetter, openBehind, setLane    string
-	lastDrop, requestStatus, requestsOf, requestsByID, blockedBehind          string
-	ingestedFrom, ingestedOrigins, lockIngested, closeIngested                string
+	lockDeadLetter, deadLetterLane, lockLane, pendingRequestOf, insertRequest  string
+	cancelRequests, dropDeadLetter, restoreDeadLetter, openBehind, setLane     string
+	lastDrop, requestStatus, requestsOf, requestsByID, blockedBehind           string
+	ingestedFrom, ingestedOrigins, lockIngested, closeIngested, ingestedStatus string
 }
 
 func renderInboxStatements(outboxIdent, inboxIdent string) inboxStatements {
@@ -409,7 +413,7 @@ func renderInboxStatements(outboxIdent, inboxIdent string) inboxStatements {
 		lastDrop: r(lastInboxDropSQL), requestStatus: r(requestStatusSQL), requestsOf: r(requestsOfSQL),
 		requestsByID: r(requestsByIDSQL), blockedBehind: r(blockedBehindSQL),
 		ingestedFrom: r(ingestedFromSQL), ingestedOrigins: r(ingestedOriginsSQL), lockIngested: r(lockIngestedSQL),
-		closeIngested: r(closeIngestedSQL),
+		closeIngested: r(closeIngestedSQL), ingestedStatus: r(ingestedStatusSQL),
 	}
 }
 
