@@ -191,11 +191,11 @@ func editedPayload(r *http.Request) ([]byte, string, string) {
 	return payload, ctype, ""
 }
 
-// redrive replays every parked outbox event matching the filter, in key
-// order, rate-limited, at most as many as the preview showed.
+// redrive replays every parked outbox event, or every inbox dead letter,
+// matching the filter, in key order, rate-limited, at most as many as the
+// preview showed.
 func (s *server) redrive(w http.ResponseWriter, r *http.Request, rc reqCtx) {
-	f := readFilter(r.PostForm, 100)
-	f.Kind, f.Consumer, f.Dropped = "outbox", "", false
+	f := readFilter(r.PostForm, 100).forRedrive()
 	d := redriveData{Filter: f, Rate: 50, Classes: failure.Classes}
 	if v, err := strconv.ParseFloat(r.PostForm.Get("rate"), 64); err == nil && v > 0 {
 		d.Rate = min(v, 500)

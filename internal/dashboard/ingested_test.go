@@ -136,3 +136,77 @@ func TestIngestedDeadLetterActions(t *testing.T) {
 		t.Errorf("audit log: %v", got)
 	}
 }
+
+// The bulk redrive page covers inbox dead letters too: filtered by the
+// consumer (here the broker's dead-letter queue that dlq ingest read), the
+// preview lists them and changes nothing; the redrive sends each back to
+// the queue that dead-lettered it, marks it replayed and audits it with the
+// signed-in user.
+func TestDashboardRedrivesBrokerDeadLetters(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t, nil)
+	r := testenv.NewRabbitDLQ(t, "dash-redrive")
+	var msgs []amqp.Publishing
+	for _, body := range []string{"first", "second"} {
+		msgs = append(msgs, amqp.Publishing{MessageId: uuid.NewString(), Body: []byte(body)})
+	}
+	r.DeadLetter(t, msgs...)
+	ingester, err := ingest.NewStore(e.db.Pool, "outbox", "inbox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := ingester.IngestRabbitMQ(ctx, ingest.RabbitMQConfig{RabbitMQConn: ingest.RabbitMQConn{URL: testenv.RabbitURL()},
+		Queue: r.DLQ, Once: true}); err != nil || res.Ingested != 2 {
+		t.Fatalf("ingest: %+v %v", res, err)
+	}
+	consumer := "rabbitmq:" + r.DLQ
+	replayed := func() int {
+		var n int
+		if err := e.db.Pool.QueryRow(ctx, `SELECT count(*) FROM inbox.dead_letters WHERE consumer = $1 AND status = 'replayed'`,
+			consumer).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	e.serve(e.store.WithRepublisher(&ingest.Republisher{RabbitMQ: &ingest.RabbitMQConn{URL: testenv.RabbitURL()}}), nil)
+	alice := e.client().signIn("alice", aliceToken)
+	audits := len(auditRows(t, e.db.Pool))
+
+	_, page := alice.get("/redrive?preview=1&kind=inbox&consumer=" + url.QueryEscape(consumer))
+	if !strings.Contains(page, "Would replay 2 events") || !strings.Contains(page, `name="consumer" value="`+consumer+`"`) ||
+		!strings.Contains(page, `name="kind" value="inbox"`) {
+		t.Errorf("preview of the dead letters:\n%s", page)
+	}
+	if replayed() != 0 || r.Count(t, r.Work) != 0 || len(auditRows(t, e.db.Pool)) != audits {
+		t.Fatalf("the preview changed something: %d replayed, %d sent, %d audit rows", replayed(), r.Count(t, r.Work),
+			len(auditRows(t, e.db.Pool))-audits)
+	}
+	// A consumer named means inbox, whatever kind says.
+	_, page = alice.get("/redrive?preview=1&kind=outbox&consumer=" + url.QueryEscape(consumer))
+	if !strings.Contains(page, "Would replay 2 events") {
+		t.Errorf("a consumer with kind=outbox:\n%s", page)
+	}
+
+	resp, body := alice.post("/redrive", url.Values{"kind": {"inbox"}, "consumer": {consumer}, "reason": {"INC-11 partner fixed"},
+		"expected": {"2"}, "rate": {"500"}})
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "2 replayed") {
+		t.Fatalf("redrive: %d\n%s", resp.StatusCode, body)
+	}
+	got := map[string]bool{}
+	for range 2 {
+		got[string(r.Take(t).Body)] = true
+	}
+	if !got["first"] || !got["second"] || replayed() != 2 {
+		t.Errorf("after the redrive: sent %v, %d rows replayed", got, replayed())
+	}
+	rows := auditRows(t, e.db.Pool)[audits:]
+	if len(rows) != 2 {
+		t.Fatalf("%d audit rows, want 2: %+v", len(rows), rows)
+	}
+	for _, a := range rows {
+		if a.Actor != "alice" || a.Action != "replay" || a.Reason != "INC-11 partner fixed" {
+			t.Errorf("audit row %+v", a)
+		}
+	}
+}

@@ -169,6 +169,20 @@ func readFilter(v url.Values, defLimit int) filterForm {
 	return f
 }
 
+// forRedrive narrows f to what one bulk redrive covers: parked outbox
+// events (the default), or the inbox dead letters of one consumer or of all
+// (a consumer named implies inbox). Dropped rows are restored, not redriven.
+func (f filterForm) forRedrive() filterForm {
+	if f.Consumer != "" {
+		f.Kind = "inbox"
+	}
+	if f.Kind != "inbox" {
+		f.Kind, f.Consumer = "outbox", ""
+	}
+	f.Dropped = false
+	return f
+}
+
 // opsFilter turns the typed filter into an ops.Filter, or says what is wrong.
 func (f filterForm) opsFilter(now time.Time) (ops.Filter, error) {
 	of := ops.Filter{Topic: f.Topic, Key: f.Key, Consumer: f.Consumer, Class: f.Class, ErrorText: f.Error,
@@ -364,8 +378,7 @@ type redriveData struct {
 // redrive would do (a dry run: nothing changes, nothing is audited).
 func (s *server) redrivePreview(w http.ResponseWriter, r *http.Request, rc reqCtx) {
 	q := r.URL.Query()
-	f := readFilter(q, 100)
-	f.Kind, f.Consumer, f.Dropped = "outbox", "", false
+	f := readFilter(q, 100).forRedrive()
 	d := redriveData{Filter: f, Rate: 50, Classes: failure.Classes}
 	if q.Get("preview") == "" {
 		s.render(w, r, http.StatusOK, "redrive.html", s.pd(rc, "Bulk redrive", "redrive", d))
