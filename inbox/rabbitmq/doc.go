@@ -38,6 +38,13 @@
 // ReconnectMax. The broker delivers the unacknowledged deliveries again; the
 // inbox skips the ones it applied (Outcome Duplicate).
 //
+// Topic: the event's topic is the delivery's routing key, the topic the
+// relay published it with. A delivery from the default exchange (exchange
+// "") is an operator's replay or edit of a broker dead letter (outboxkit dlq
+// replay), sent to this one queue with the queue's name as routing key; it
+// carries the original routing key in the header outboxkit-topic, and that
+// is its topic, so that it lands in its key's lane and closes the gap there.
+//
 // Messages without CloudEvents headers (another producer) are parked raw:
 // body, headers (sorted by name; values that are neither strings nor bytes
 // in their printed form), and the AMQP properties in the dead letter's

@@ -18,6 +18,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/outboxkit/outboxkit/inbox"
+	"github.com/outboxkit/outboxkit/internal/wire"
 )
 
 // Defaults of Config. Each field documents its own.
@@ -411,8 +412,36 @@ func (c *Consumer) delivery(d *amqp.Delivery) inbox.Delivery {
 	if !d.Timestamp.IsZero() {
 		src["timestamp"] = d.Timestamp.UTC().Format(time.RFC3339)
 	}
-	return inbox.Delivery{Binding: inbox.BindingAMQP, Topic: d.RoutingKey, Headers: hs, ContentType: d.ContentType,
+	return inbox.Delivery{Binding: inbox.BindingAMQP, Topic: topic(d), Headers: hs, ContentType: d.ContentType,
 		Payload: d.Body, Source: src}
+}
+
+// topic is the routing key the event was published with. An operator's
+// replay of a broker dead letter goes through the default exchange, whose
+// routing key is the queue's name, and carries the original routing key in
+// wire.TopicHeader: without it the event would land in another lane and
+// its key's real lane would wait for it forever. The header counts only on
+// the default exchange, which only a replay to one queue uses.
+func topic(d *amqp.Delivery) string {
+	if d.Exchange != "" {
+		return d.RoutingKey
+	}
+	for k, v := range d.Headers {
+		if !strings.EqualFold(k, wire.TopicHeader) {
+			continue
+		}
+		var s string
+		switch x := v.(type) {
+		case string:
+			s = x
+		case []byte:
+			s = string(x)
+		}
+		if s != "" {
+			return s
+		}
+	}
+	return d.RoutingKey
 }
 
 // scrubbed keeps err for errors.Is/As but never shows the URL's password.

@@ -47,6 +47,8 @@ func opsError(err error) string {
 	case errors.Is(err, ops.ErrSentNotRecorded), errors.Is(err, ops.ErrOutcomeUnknown):
 		// Never "changed nothing": the message may be at the broker.
 		return "Do not retry: the message may have been sent. " + safetext.Escape(pgutil.Redact(err.Error()))
+	case errors.Is(err, ops.ErrSentTwice):
+		return "Do not retry: the message was sent twice. " + safetext.Escape(pgutil.Redact(err.Error()))
 	case errors.Is(err, ops.ErrWrongStatus), errors.Is(err, ops.ErrNotFound), errors.Is(err, ops.ErrBadRef),
 		errors.Is(err, ops.ErrNoReason), errors.Is(err, ops.ErrNoActor), errors.Is(err, ops.ErrRequestPending),
 		errors.Is(err, ops.ErrApprovalRequired), errors.Is(err, ops.ErrBusy):

@@ -179,14 +179,17 @@ func bytesOf(v any) ([]byte, bool) {
 	return nil, false
 }
 
-// rabbitTarget is the queue that dead-lettered the message, reached through
+// rabbitTarget is the queue that dead-lettered the message (the most recent
+// death that rejected it, else the most recent death: see target), reached through
 // the default exchange: the original exchange would route it to every
 // queue bound there, also to those whose consumers applied the original.
 func (r *letter) rabbitTarget() (ops.Destination, error) {
 	d := ops.Destination{Broker: FromRabbitMQ}
+	d.Chain, _ = r.source["death_chain"].(string)
 	queue, ok := bytesOf(r.source["original_queue"])
 	if !ok || len(queue) == 0 {
-		return d, fmt.Errorf("%w: the message had no x-death header naming the queue that dead-lettered it", ErrNoTarget)
+		return d, fmt.Errorf("%w: the message had no x-death header naming the queue that dead-lettered it; "+
+			"move it to the right queue by hand (a shovel or the management UI), then drop it here", ErrNoTarget)
 	}
 	d.Queue, d.RoutingKey = string(queue), string(queue)
 	return d, nil
@@ -237,6 +240,9 @@ func (r *letter) republishRabbitMQ(ctx context.Context, c *RabbitMQConn, d ops.D
 	if msg.DeliveryMode == 0 {
 		msg.DeliveryMode = amqp.Persistent
 	}
+	if exchange == "" {
+		r.keepTopic(table)
+	}
 	if r.CopyID != "" {
 		// The corrected copy is a new message: its own id, and the
 		// original's as its cause.
@@ -280,6 +286,24 @@ func (r *letter) republishRabbitMQ(ctx context.Context, c *RabbitMQConn, d ops.D
 	default:
 	}
 	return nil
+}
+
+// keepTopic sets wire.TopicHeader to the routing key the message had in
+// the queue that dead-lettered it: through the default exchange the routing
+// key is the queue's name, and the inbox's RabbitMQ consumer, which takes
+// the topic from the routing key, would put the event in another lane. A
+// message that reached that queue through the default exchange already
+// (an earlier replay) keeps the header it came with.
+func (r *letter) keepTopic(table amqp.Table) {
+	if ex, ok := bytesOf(r.source["original_exchange"]); ok && len(ex) == 0 {
+		for k, v := range table {
+			if s, _ := str(v); strings.EqualFold(k, wire.TopicHeader) && s != "" {
+				return
+			}
+		}
+	}
+	key, ok := bytesOf(r.source["original_routing_key"])
+	setHeader(table, wire.TopicHeader, string(key), ok && len(key) > 0)
 }
 
 // kafkaTarget is the original topic and partition, or for the corrected

@@ -137,6 +137,41 @@ func deaths(h amqp.Table) []death {
 	return out
 }
 
+// target is the death that put the message into the dead-letter queue,
+// whose queue a replay goes back to: the most recent death whose reason is
+// rejected or delivery_limit (a consumer refused it, or gave up on it),
+// else the most recent death. RabbitMQ keeps one x-death entry per queue
+// and reason, the most recent first. Not the first death: in a delay or
+// retry topology (a queue with a TTL and no consumer, dead-lettering into
+// the work exchange) the first death is the delay queue's expiry, and a
+// replay there would fan out again to queues that applied the message.
+// Nil when the chain names no queue.
+func target(ds []death) *death {
+	for i := range ds {
+		if (ds[i].Reason == "rejected" || ds[i].Reason == "delivery_limit") && ds[i].Queue != "" {
+			return &ds[i]
+		}
+	}
+	if len(ds) > 0 && ds[0].Queue != "" {
+		return &ds[0]
+	}
+	return nil
+}
+
+// chain shows the deaths of x-death oldest first ("q1 (expired) -> q2
+// (rejected, 3 times)"), for the operator who checks where a replay goes.
+func chain(ds []death) string {
+	parts := make([]string, 0, len(ds))
+	for i := len(ds) - 1; i >= 0; i-- {
+		p := fmt.Sprintf("%q (%s", ds[i].Queue, orUnknown(ds[i].Reason))
+		if ds[i].Count > 1 {
+			p += fmt.Sprintf(", %d times", ds[i].Count)
+		}
+		parts = append(parts, p+")")
+	}
+	return strings.Join(parts, " -> ")
+}
+
 // classOfReason maps an x-death reason to the error taxonomy.
 func classOfReason(reason string) failure.Class {
 	switch reason {
@@ -196,21 +231,7 @@ func rabbitLetter(source, queue string, d *amqp.Delivery, now time.Time) *Letter
 	ingestKey := "rabbitmq:" + queue + ":" + hex.EncodeToString(sum[:])
 
 	ds := deaths(h)
-	firstQueue, _ := str(h["x-first-death-queue"])
-	firstReason, _ := str(h["x-first-death-reason"])
-	firstExchange, hasFirstExchange := str(h["x-first-death-exchange"])
-	// The first death says where the message was first published: the
-	// replay target. RabbitMQ lists the most recent death first.
-	var origin *death
-	for i := range ds {
-		if ds[i].Queue == firstQueue && ds[i].Reason == firstReason && firstQueue != "" {
-			origin = &ds[i]
-			break
-		}
-	}
-	if origin == nil && len(ds) > 0 {
-		origin = &ds[len(ds)-1]
-	}
+	origin := target(ds)
 	src := map[string]any{"binding": "amqp", "broker": "rabbitmq", "queue": queue,
 		"exchange": textOrBase64([]byte(d.Exchange)), "routing_key": textOrBase64([]byte(d.RoutingKey)),
 		"properties": props}
@@ -233,16 +254,15 @@ func rabbitLetter(source, queue string, d *amqp.Delivery, now time.Time) *Letter
 	}
 	topic := d.RoutingKey
 	if origin != nil {
-		exchange := origin.Exchange
-		if hasFirstExchange {
-			exchange = firstExchange
-		}
-		src["original_exchange"] = textOrBase64([]byte(exchange))
+		src["original_exchange"] = textOrBase64([]byte(origin.Exchange))
 		if len(origin.RoutingKeys) > 0 {
 			topic = origin.RoutingKeys[0]
 			src["original_routing_key"] = textOrBase64([]byte(topic))
 		}
 		src["original_queue"] = textOrBase64([]byte(origin.Queue))
+	}
+	if len(ds) > 1 {
+		src["death_chain"] = chain(ds)
 	}
 	if topic == "" {
 		topic = queue
@@ -258,14 +278,10 @@ func rabbitLetter(source, queue string, d *amqp.Delivery, now time.Time) *Letter
 			fmt.Fprintf(&b, " (%d times)", recent.Count)
 		}
 		if origin != nil {
-			exchange := origin.Exchange
-			if hasFirstExchange {
-				exchange = firstExchange
-			}
-			fmt.Fprintf(&b, "; first published to exchange %q with routing keys %q", exchange, origin.RoutingKeys)
+			fmt.Fprintf(&b, "; it reached queue %q from exchange %q with routing keys %q", origin.Queue, origin.Exchange, origin.RoutingKeys)
 		}
 		if len(ds) > 1 {
-			fmt.Fprintf(&b, "; %d dead-letter hops in x-death", len(ds))
+			fmt.Fprintf(&b, "; dead-letter chain, oldest first: %s", chain(ds))
 		}
 		if recent.OriginalExpiration != "" {
 			fmt.Fprintf(&b, "; it had expiration %s ms", recent.OriginalExpiration)

@@ -424,3 +424,99 @@ func TestReplayRefusesDestinationsNotOnTheAllowlist(t *testing.T) {
 		t.Errorf("status %s after a refused replay", s)
 	}
 }
+
+// A message that reached the payments exchange through a delay queue (a
+// queue with a TTL and no consumer, dead-lettering into the exchange: the
+// usual delayed or retry-with-backoff topology) is rejected by the ledger.
+// Its first death is the delay queue's expiry, its last the ledger's
+// rejection. The replay must go to the ledger, the queue that
+// dead-lettered it into the DLQ: the delay queue would dead-letter it into
+// the fanout exchange again, to accounting too.
+//
+//	delay (ttl, x-dead-letter-exchange pay) --> pay (fanout) --> ledger --> dlx --> dlq
+//	                                                         --> accounting
+func TestReplayAfterADelayQueueReachesOnlyTheLedger(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFanoutTopology(t)
+	delay := f.pay + "-delay"
+	t.Cleanup(func() {
+		f.ch.QueueDelete(delay, false, false, false) //nolint:errcheck
+	})
+	if _, err := f.ch.QueueDeclare(delay, true, false, false, false,
+		amqp.Table{"x-message-ttl": int32(50), "x-dead-letter-exchange": f.pay}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.ch.PublishWithContext(ctx, "", delay, false, false, paymentEvent(uuid.NewString())); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.get(t, f.accounting).Ack(false); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.get(t, f.ledger).Reject(false); err != nil {
+		t.Fatal(err)
+	}
+	db := testenv.NewDB(t)
+	store, ref := ingestOne(t, f, db, &Republisher{RabbitMQ: &RabbitMQConn{URL: testenv.RabbitURL()}})
+	dest, err := store.BrokerTarget(ctx, ref, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dest.Queue != f.ledger {
+		t.Errorf("the replay goes to queue %q, want %q, the queue that dead-lettered it", dest.Queue, f.ledger)
+	}
+	if _, err := store.Replay(ctx, ops.Action{Actor: "oncall-ann", Reason: "ledger fixed"}, ref); err != nil {
+		t.Fatal(err)
+	}
+	f.get(t, f.ledger)
+	if n := f.count(t, f.accounting); n != 0 {
+		t.Errorf("accounting, which applied the original, got the replay again (%d)", n)
+	}
+}
+
+// Operator A's transaction is lost while the broker confirms A's
+// corrected copy; meanwhile operator B edits the same dead letter with
+// another correction (the row is no longer locked) and records it. A's
+// fallback must not take status "edited" for its own lost commit: two
+// copies with two different event ids are on the broker, so A's gets an
+// audit entry too, and A is told the dead letter was sent twice.
+func TestEveryConfirmedSendHasAnAuditEntry(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFanoutTopology(t)
+	db := testenv.NewDB(t)
+	plain := &Republisher{RabbitMQ: &RabbitMQConn{URL: testenv.RabbitURL()}}
+	rep := &afterSend{Republisher: plain}
+	var ref ops.Ref
+	var bOut ops.Outcome
+	rep.then = func() {
+		terminateOperatorTx(t, db.Pool)
+		storeB, err := ops.New(db.Pool, "outbox", "inbox")
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		bOut, err = storeB.WithRepublisher(plain).Edit(ctx, ops.Action{Actor: "oncall-bob", Reason: "amount fixed"},
+			ref, []byte(`{"amount":"10.01"}`), "")
+		if err != nil {
+			t.Errorf("B's edit: %v", err)
+		}
+	}
+	var store *ops.Store
+	store, ref = deadLetterOne(t, f, db, paymentEvent(uuid.NewString()), rep)
+	aOut, err := store.Edit(ctx, ops.Action{Actor: "oncall-ann", Reason: "amount fixed"}, ref, []byte(`{"amount":"10.00"}`), "")
+	if !errors.Is(err, ops.ErrSentTwice) {
+		t.Errorf("A's edit returned %v, want ErrSentTwice: B edited it while A's transaction was lost", err)
+	}
+	ids := map[string]bool{f.get(t, f.ledger).MessageId: true, f.get(t, f.ledger).MessageId: true}
+	var audited int
+	if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox.audit_log WHERE action = 'edit' AND details->>'new_event_id' = $1
+   AND actor = 'oncall-ann' AND details->'second_send_after' = '{"status": "edited", "by": "oncall-bob"}'`,
+		aOut.NewEventID).Scan(&audited); err != nil {
+		t.Fatal(err)
+	}
+	if audited != 1 {
+		t.Errorf("A's edit returned %v, %q; its copy %s is on the broker (copies there: %v, B's %s) but in %d audit entries",
+			err, aOut.Note, aOut.NewEventID, ids, bOut.NewEventID, audited)
+	}
+}

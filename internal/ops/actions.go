@@ -364,14 +364,17 @@ func (s *Store) Redrive(ctx context.Context, a Action, f Filter, opt RedriveOpti
 
 // OutcomeOf is the outcome of one action of a bulk run that returned o and
 // err: o, or a failure saying what err means. stop is true when the run must stop: a message may be at its broker
-// unrecorded (ErrOutcomeUnknown, ErrSentNotRecorded), and going on would
-// pile up more such sends while the broker or the database is failing.
+// unrecorded (ErrOutcomeUnknown, ErrSentNotRecorded) or sent twice
+// (ErrSentTwice), and going on would pile up more such sends while the
+// broker or the database is failing.
 func OutcomeOf(ref Ref, o Outcome, err error) (Outcome, bool) {
 	switch {
 	case err == nil:
 		return o, false
 	case errors.Is(err, ErrSentNotRecorded):
 		return Outcome{Ref: ref, Result: "sent, not recorded", Note: err.Error()}, true
+	case errors.Is(err, ErrSentTwice):
+		return Outcome{Ref: ref, Result: "sent twice", Note: err.Error()}, true
 	case errors.Is(err, ErrOutcomeUnknown):
 		return Outcome{Ref: ref, Result: "outcome unknown", Note: err.Error()}, true
 	}

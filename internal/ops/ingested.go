@@ -42,6 +42,14 @@ var (
 	// audit entry). The message is at its destination.
 	ErrSentNotRecorded = errors.New("sent and confirmed by the broker, but not recorded (the database failed): do not retry, the message was sent; " +
 		"check the dead letter's status and the audit log once the database is back")
+	// ErrSentTwice: the broker confirmed the message, but the operator's
+	// transaction was lost and, the row's lock gone with it, another
+	// action (another operator's replay, edit or drop) changed the dead
+	// letter before this send was recorded. Both sends are at the broker and
+	// in the audit log.
+	ErrSentTwice = errors.New("sent and confirmed by the broker, but another action on the same dead letter came first while this " +
+		"operator's transaction was lost: the dead letter was sent twice; do not retry; check with the other operator which message " +
+		"the consumer should keep (the audit log has both)")
 	// ErrOutcomeUnknown: the message may have reached the broker; its
 	// confirmation was lost (a timeout, a dropped connection). A
 	// Republisher wraps it around such errors.
@@ -108,10 +116,16 @@ type Destination struct {
 	RoutingKey string `json:"routing_key,omitempty"`
 	Topic      string `json:"topic,omitempty"`
 	Partition  *int   `json:"partition,omitempty"` // Kafka: the original partition, when known
+	// Chain: RabbitMQ's dead-letter chain when the message died more than
+	// once (oldest first), for the operator who checks the choice of Queue.
+	Chain string `json:"chain,omitempty"`
 }
 
 func (d Destination) String() string {
 	switch {
+	case d.Broker == BrokerRabbitMQ && d.Queue != "" && d.Exchange == "" && d.Chain != "":
+		return fmt.Sprintf("RabbitMQ queue %q (through the default exchange: no other queue gets it; "+
+			"the queue that rejected it or, if none did, that dead-lettered it last, in the chain %s)", d.Queue, d.Chain)
 	case d.Broker == BrokerRabbitMQ && d.Queue != "" && d.Exchange == "":
 		return fmt.Sprintf("RabbitMQ queue %q (through the default exchange: no other queue gets it)", d.Queue)
 	case d.Broker == BrokerRabbitMQ:
@@ -316,6 +330,7 @@ type send struct {
 	action  string // replay or edit
 	status  string // replayed or edited
 	edited  []byte // edit: the corrected payload, kept on the row
+	xact    string // the id of the transaction that locked the row
 	targets []string
 	details map[string]any
 }
@@ -329,9 +344,10 @@ type send struct {
 //
 // After the confirmation the recording runs whatever the caller's context:
 // in the transaction that locked the row, else (that transaction was lost:
-// a failover, idle_in_transaction_session_timeout) in a fresh one. If both
-// fail the error is ErrSentNotRecorded; if the broker's answer was lost,
-// ErrOutcomeUnknown. The copy of an edit has a stable event id (copyID), so
+// a failover, idle_in_transaction_session_timeout) in a fresh one
+// (recordLostSend), which is ErrSentTwice when another action changed the
+// row in between. If both fail the error is ErrSentNotRecorded; if the
+// broker's answer was lost, ErrOutcomeUnknown. The copy of an edit has a stable event id (copyID), so
 // a retry of the same edit sends the same event again, never a second one.
 func (s *Store) sendIngested(ctx context.Context, a Action, ref Ref, edit bool, payload []byte) (Outcome, error) {
 	if err := a.check(); err != nil {
@@ -349,6 +365,10 @@ func (s *Store) sendIngested(ctx context.Context, a Action, ref Ref, edit bool, 
 	}()
 	p, err := s.lockForSend(ctx, tx, ref, edit, payload)
 	if err != nil {
+		return Outcome{}, err
+	}
+	// Asked after a lost transaction: did it commit (recordLostSend)?
+	if err := tx.QueryRow(ctx, s.in.sendXact).Scan(&p.xact); err != nil {
 		return Outcome{}, err
 	}
 	sendCtx, cancelSend, err := sendContext(ctx, ref)
@@ -383,15 +403,70 @@ func (s *Store) sendIngested(ctx context.Context, a Action, ref Ref, edit bool, 
 	p.details["recorded_after_error"] = pgutil.Redact(first.Error())
 	c2, cancel2 := context.WithTimeout(rec, recordTimeout)
 	defer cancel2()
-	if err := pgx.BeginFunc(c2, s.pool, func(tx pgx.Tx) error { return s.recordSend(c2, tx, a, ref, p) }); err != nil {
+	var lost lostSend
+	if err := pgx.BeginFunc(c2, s.pool, func(tx pgx.Tx) (err error) {
+		lost, err = s.recordLostSend(c2, tx, a, ref, p)
+		return err
+	}); err != nil {
 		what := "it"
 		if edit {
 			what = "its corrected copy, event " + p.letter.CopyID + ","
 		}
 		return out, fmt.Errorf("%s: %s went to %s: %w: %w", ref, what, dest, ErrSentNotRecorded, errors.Join(first, err))
 	}
-	out.Note += "; recorded in a second transaction, the first was lost after the send"
+	switch lost.outcome {
+	case lostCommitted:
+		out.Note += "; recorded (the answer to the commit was lost, but the commit went through)"
+	case lostTwice:
+		return out, fmt.Errorf("%s went to %s, after %s had made it %s while the first transaction was lost: %w; "+
+			"the audit log has both sends", ref, dest, lost.actor, lost.status, ErrSentTwice)
+	default:
+		out.Note += "; recorded in a second transaction, the first was lost after the send"
+	}
 	return out, nil
+}
+
+// What recordLostSend found.
+const (
+	lostRecorded  = iota // recorded now
+	lostCommitted        // the lost transaction had committed: already recorded
+	lostTwice            // another action changed the row meanwhile: a second send, audited
+)
+
+type lostSend struct {
+	outcome       int
+	status, actor string
+}
+
+// recordLostSend records confirmed send p after the transaction that locked
+// the row (transaction p.xact) was lost. The lock went with it, so another
+// operator may have acted meanwhile: a status equal to p.status proves
+// nothing. The lost transaction's own fate does: if it committed, it
+// recorded the send; if not and the row is still parked, the send is
+// recorded now; if someone else changed the row, this send is audited all
+// the same (a second send, after theirs), and the caller says so.
+func (s *Store) recordLostSend(ctx context.Context, tx pgx.Tx, a Action, ref Ref, p *send) (lostSend, error) {
+	var after json.RawMessage
+	err := tx.QueryRow(ctx, s.in.closeIngested, ref.ID, p.status, p.edited).Scan(&after)
+	if err == nil {
+		return lostSend{outcome: lostRecorded}, s.auditInbox(ctx, tx, a, p.action, p.targets, p.before, after, p.details)
+	}
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return lostSend{}, err
+	}
+	var xs *string
+	var ls lostSend
+	var current json.RawMessage
+	if err := tx.QueryRow(ctx, s.in.lostSend, ref.ID, p.xact).Scan(&xs, &ls.status, &ls.actor, &current); err != nil {
+		return lostSend{}, err
+	}
+	if xs != nil && *xs == "committed" {
+		ls.outcome = lostCommitted
+		return ls, nil
+	}
+	ls.outcome = lostTwice
+	p.details["second_send_after"] = map[string]any{"status": ls.status, "by": ls.actor}
+	return ls, s.auditInbox(ctx, tx, a, p.action, p.targets, p.before, current, p.details)
 }
 
 // lockForSend locks parked broker dead letter ref (NOWAIT) and prepares its
@@ -440,23 +515,10 @@ func (s *Store) lockForSend(ctx context.Context, tx pgx.Tx, ref Ref, edit bool, 
 }
 
 // recordSend marks the dead letter of a confirmed send replayed (edited) and
-// audits it, in tx. When the row is no longer parked because the lost
-// first transaction did commit, that is the record: nothing is written
-// twice.
+// audits it, in tx, the transaction that locked the row.
 func (s *Store) recordSend(ctx context.Context, tx pgx.Tx, a Action, ref Ref, p *send) error {
 	var after json.RawMessage
-	err := tx.QueryRow(ctx, s.in.closeIngested, ref.ID, p.status, p.edited).Scan(&after)
-	if errors.Is(err, pgx.ErrNoRows) {
-		var status string
-		if err := tx.QueryRow(ctx, s.in.ingestedStatus, ref.ID).Scan(&status); err != nil {
-			return err
-		}
-		if status == p.status {
-			return nil
-		}
-		return fmt.Errorf("%s is %s now, not %s: %w", ref, status, p.status, ErrWrongStatus)
-	}
-	if err != nil {
+	if err := tx.QueryRow(ctx, s.in.closeIngested, ref.ID, p.status, p.edited).Scan(&after); err != nil {
 		return err
 	}
 	return s.auditInbox(ctx, tx, a, p.action, p.targets, p.before, after, p.details)

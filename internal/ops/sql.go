@@ -373,9 +373,21 @@ RETURNING to_jsonb(dead_letters) - 'payload' - 'edited_payload' - 'headers'`
  WHERE d.id = $1 AND d.status = 'parked' AND d.ingested_from IS NOT NULL
 RETURNING to_jsonb(d) - 'payload' - 'edited_payload' - 'headers' || jsonb_build_object('payload_bytes', length(d.payload))`
 
-	// ingestedStatusSQL: the status of a broker dead letter, to check
-	// whether a lost transaction did commit.
-	ingestedStatusSQL = `SELECT status FROM {{I}}.dead_letters WHERE id = $1`
+	// sendXactSQL: the id of the transaction that locked a dead letter
+	// for a send (a row lock has assigned one), to ask later whether it
+	// committed.
+	sendXactSQL = `SELECT pg_current_xact_id()::text`
+
+	// lostSendSQL, after the transaction that locked dead letter $1 for a
+	// send was lost: whether transaction $2 committed (NULL when too old
+	// to tell), the row's status, who last acted on it, and the row as
+	// audit entries show it.
+	lostSendSQL = `SELECT pg_xact_status($2::xid8), d.status,
+       coalesce((SELECT a.actor FROM {{O}}.audit_log a
+                  WHERE a.target_kind = 'inbox_dead_letter' AND a.target_ids[1] = $1::bigint::text
+                  ORDER BY a.id DESC LIMIT 1), 'unknown'),
+       to_jsonb(d) - 'payload' - 'edited_payload' - 'headers' || jsonb_build_object('payload_bytes', length(d.payload))
+  FROM {{I}}.dead_letters d WHERE d.id = $1::bigint`
 
 	// requestsOfSQL: every request on the dead letters $1, oldest first.
 	requestsOfSQL = `SELECT id, dead_letter_id, consumer, action, status, requested_by, reason, requested_at, done_at,
@@ -397,10 +409,11 @@ RETURNING to_jsonb(d) - 'payload' - 'edited_payload' - 'headers' || jsonb_build_
 )
 
 type inboxStatements struct {
-	lockDeadLetter, deadLetterLane, lockLane, pendingRequestOf, insertRequest  string
-	cancelRequests, dropDeadLetter, restoreDeadLetter, openBehind, setLane     string
-	lastDrop, requestStatus, requestsOf, requestsByID, blockedBehind           string
-	ingestedFrom, ingestedOrigins, lockIngested, closeIngested, ingestedStatus string
+	lockDeadLetter, deadLetterLane, lockLane, pendingRequestOf, insertRequest string
+	cancelRequests, dropDeadLetter, restoreDeadLetter, openBehind, setLane    string
+	lastDrop, requestStatus, requestsOf, requestsByID, blockedBehind          string
+	ingestedFrom, ingestedOrigins, lockIngested, closeIngested, sendXact      string
+	lostSend                                                                  string
 }
 
 func renderInboxStatements(outboxIdent, inboxIdent string) inboxStatements {
@@ -413,7 +426,7 @@ func renderInboxStatements(outboxIdent, inboxIdent string) inboxStatements {
 		lastDrop: r(lastInboxDropSQL), requestStatus: r(requestStatusSQL), requestsOf: r(requestsOfSQL),
 		requestsByID: r(requestsByIDSQL), blockedBehind: r(blockedBehindSQL),
 		ingestedFrom: r(ingestedFromSQL), ingestedOrigins: r(ingestedOriginsSQL), lockIngested: r(lockIngestedSQL),
-		closeIngested: r(closeIngestedSQL), ingestedStatus: r(ingestedStatusSQL),
+		closeIngested: r(closeIngestedSQL), sendXact: r(sendXactSQL), lostSend: r(lostSendSQL),
 	}
 }
 

@@ -12,6 +12,13 @@
 // (cloudEvents:id, ...), plus the AMQP properties message_id, type,
 // timestamp, content_type, correlation_id and app_id; the event's own
 // headers unprefixed.
+//
+// Operator actions add outboxkit-* headers: outboxkit-skipped (SkippedHeader)
+// on the marker of a dropped event, outboxkit-edit-of (EditOfHeader) on the
+// corrected copy of an edit, and on a RabbitMQ dead letter sent back to one
+// queue through the default exchange outboxkit-topic (TopicHeader), the
+// routing key it was published with, which consumers take as the topic of
+// deliveries from the default exchange.
 package wire
 
 import (
@@ -41,6 +48,15 @@ const (
 // (outboxkit dlq edit): the copy is a new event, with a new id, and this
 // header carries the original's event id.
 const EditOfHeader = "outboxkit-edit-of"
+
+// TopicHeader carries the original routing key of a RabbitMQ message an
+// operator sends back to one queue (outboxkit dlq replay and edit of an
+// ingested dead letter): the send goes through the default exchange, whose
+// routing key is the queue's name, so that no other queue gets it again.
+// The inbox's RabbitMQ consumer takes the header as the event's topic only
+// for a delivery from the default exchange; anywhere else the routing key
+// is the topic, and a forged header changes nothing.
+const TopicHeader = "outboxkit-topic"
 
 // DefaultSource is ce_source when neither the event nor the relay set one.
 const DefaultSource = "/outboxkit"
