@@ -520,3 +520,47 @@ func TestEveryConfirmedSendHasAnAuditEntry(t *testing.T) {
 			err, aOut.Note, aOut.NewEventID, ids, bOut.NewEventID, audited)
 	}
 }
+
+// An approved edit whose destination the approver's --replay-allow refuses
+// would fail at its send: the approval stays pending, with the reason,
+// instead of being spent on a run where every item fails.
+func TestApproveLeavesTheApprovalPendingWhenATargetIsRefused(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFanoutTopology(t)
+	db := testenv.NewDB(t)
+	conn := &RabbitMQConn{URL: testenv.RabbitURL()}
+	store, ref := deadLetterOne(t, f, db, paymentEvent(uuid.NewString()), &Republisher{RabbitMQ: conn})
+	on := true
+	if _, err := store.SetSettings(ctx, ops.Action{Actor: "dba", Reason: "SOX"}, ops.SettingsChange{TwoPersonRule: &on}); err != nil {
+		t.Fatal(err)
+	}
+	ap, err := store.RequestApproval(ctx, ops.Action{Actor: "oncall-ann", Reason: "amount fixed"},
+		ops.ApprovalSpec{Verb: "edit", Refs: []ops.Ref{ref}, Payload: []byte(`{"amount":"10.00"}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob := ops.Action{Actor: "oncall-bob", Reason: "checked"}
+	refusing := store.WithRepublisher(&Republisher{RabbitMQ: conn, Allow: []string{"settlement"}})
+	_, err = refusing.Approve(ctx, bob, ap.ID, ops.RedriveOptions{})
+	if !errors.Is(err, ErrNotAllowed) || !strings.Contains(err.Error(), "stays pending") || !strings.Contains(err.Error(), ref.String()) {
+		t.Errorf("approval with the ledger not on --replay-allow: %v", err)
+	}
+	pending, err := store.Approvals(ctx, false, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pending) != 1 || pending[0].ID != ap.ID || pending[0].Status != "pending" {
+		t.Fatalf("approvals after the refused approval: %+v", pending)
+	}
+	if s := deadLetterStatus(t, db, ref); s != "parked" || f.count(t, f.ledger) != 0 {
+		t.Errorf("after the refused approval: status %s, %d in the ledger", s, f.count(t, f.ledger))
+	}
+	outs, err := store.Approve(ctx, bob, ap.ID, ops.RedriveOptions{})
+	if err != nil || len(outs) != 1 || outs[0].Result != "edited" {
+		t.Fatalf("approval with the flags fixed: %+v %v", outs, err)
+	}
+	if d := f.get(t, f.ledger); string(d.Body) != `{"amount":"10.00"}` {
+		t.Errorf("in the ledger: %q", d.Body)
+	}
+}

@@ -358,6 +358,9 @@ func (s *Store) Reject(ctx context.Context, a Action, id int64) error {
 // one decision can take it out of pending. The action's audit entries have
 // the requester as actor (with their reason) and name the approval and its
 // approver. opt applies to a redrive (progress; the rate is the one asked).
+// A broker dead letter among the refs that cannot be sent with s (no
+// connection, or a destination s would refuse: targetsReady) leaves the
+// approval pending, with the reason.
 func (s *Store) Approve(ctx context.Context, a Action, id int64, opt RedriveOptions) ([]Outcome, error) {
 	var refs []Ref
 	ap, err := s.decide(ctx, a, id, "running", func(ap *Approval) error {
@@ -372,7 +375,7 @@ func (s *Store) Approve(ctx context.Context, a Action, id int64, opt RedriveOpti
 		if ap.Verb == "drop" {
 			return nil
 		}
-		return s.brokersReady(ctx, refs)
+		return s.targetsReady(ctx, refs, ap.Verb == "edit")
 	})
 	if err != nil {
 		return nil, err

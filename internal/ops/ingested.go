@@ -250,6 +250,41 @@ func (s *Store) brokersReady(ctx context.Context, refs []Ref) error {
 	return s.itemsReady(items)
 }
 
+// targetsReady is brokersReady that also resolves where each broker dead
+// letter among refs would go (with edit, its corrected copy), as the send
+// will: an approval spent on a run where every send fails on a missing
+// --kafka-retry-topic, a destination --replay-allow refuses or an unknown
+// destination is worse than one left pending with the reason.
+func (s *Store) targetsReady(ctx context.Context, refs []Ref, edit bool) error {
+	var items []Item
+	for _, r := range refs {
+		if r.Kind == KindInbox {
+			items = append(items, Item{Ref: r})
+		}
+	}
+	targets, err := s.brokerTargets(ctx, items, edit)
+	if err != nil {
+		return err
+	}
+	for i := range items {
+		items[i].IngestedFrom = targets[items[i].Ref.ID].from
+	}
+	if err := s.itemsReady(items); err != nil {
+		return err
+	}
+	var errs []error
+	for _, it := range items {
+		if t, ok := targets[it.Ref.ID]; ok && t.err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", it.Ref, t.err))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w (fix the flags and approve again, or reject the approval and ask for one without these dead letters)",
+			errors.Join(errs...))
+	}
+	return nil
+}
+
 // itemsReady is brokersReady for listed items, which say where they came
 // from.
 func (s *Store) itemsReady(items []Item) error {
