@@ -181,6 +181,12 @@ func (b *brokerConnFlags) republisher(env *Env) (*ingest.Republisher, error) {
 			r.Allow = append(r.Allow, name)
 		}
 	}
+	if b.replayAllow != "" && len(r.Allow) == 0 {
+		// An empty allowlist allows every destination: a list that was
+		// meant to restrict them and names none must not do that.
+		return nil, usageError("--replay-allow (or OUTBOXKIT_REPLAY_ALLOW) is set to %q, which names no queue or topic: "+
+			"list the destinations, comma-separated, or leave it unset to allow any", b.replayAllow)
+	}
 	r.KafkaRetryTopic = strings.TrimSpace(b.kafkaRetryTopic)
 	return r, nil
 }
@@ -189,7 +195,7 @@ func (b *brokerConnFlags) republisher(env *Env) (*ingest.Republisher, error) {
 // go, for the commands that send them.
 func (b *brokerConnFlags) registerReplay(fs *flag.FlagSet, env *Env) {
 	fs.StringVar(&b.replayAllow, "replay-allow", env.Getenv("OUTBOXKIT_REPLAY_ALLOW"),
-		"comma-separated RabbitMQ queues and Kafka topics broker dead letters may be sent to; any other is refused "+
+		"comma-separated RabbitMQ queues and Kafka topics broker dead letters may be sent to; any other is refused, and a list naming none is bad usage "+
 			"(the destination comes from the message's own headers, which whoever can publish into the DLQ can forge) ($OUTBOXKIT_REPLAY_ALLOW)")
 	fs.StringVar(&b.kafkaRetryTopic, "kafka-retry-topic", env.Getenv("OUTBOXKIT_KAFKA_RETRY_TOPIC"),
 		"topic the corrected copy of an edited Kafka dead letter goes to, read only by the consumer that failed; without it such edits are refused ($OUTBOXKIT_KAFKA_RETRY_TOPIC)")

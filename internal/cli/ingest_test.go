@@ -361,3 +361,36 @@ func TestDLQRedriveIngested(t *testing.T) {
 		t.Errorf("replay of two refs: %d %s %s (%s)", code, out, errOut, statuses())
 	}
 }
+
+// An allowlist that names nothing (a stray comma, blanks) would allow every
+// destination, the opposite of what it was set for: refused, nothing runs.
+func TestReplayAllowNamingNothingIsRefused(t *testing.T) {
+	t.Parallel()
+	db, env := parkedDB(t)
+	var ref string
+	if err := db.Pool.QueryRow(context.Background(), `SELECT 'o:' || id FROM outbox.messages WHERE status = 'parked'`).Scan(&ref); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+	}{
+		{"flag with a comma", env, []string{"dlq", "replay", ref, "--reason", "fixed", "--replay-allow", ","}},
+		{"flag with blanks", env, []string{"dlq", "redrive", "--class", "unroutable", "--reason", "fixed", "--replay-allow", " "}},
+		{"environment", func() map[string]string {
+			e := maps.Clone(env)
+			e["OUTBOXKIT_REPLAY_ALLOW"] = " , "
+			return e
+		}(), []string{"dlq", "replay", ref, "--reason", "fixed"}},
+	} {
+		_, errOut, code := run(t, tc.env, tc.args...)
+		if code != 2 || !strings.Contains(errOut, "names no queue or topic") {
+			t.Errorf("%s: %d %s", tc.name, code, errOut)
+		}
+	}
+	var status string
+	if err := db.Pool.QueryRow(context.Background(), `SELECT status FROM outbox.messages WHERE 'o:' || id = $1`, ref).Scan(&status); err != nil || status != "parked" {
+		t.Errorf("after the refusals: %s %v", status, err)
+	}
+}
