@@ -378,8 +378,22 @@ func (r *letter) republishKafka(ctx context.Context, c *KafkaConn, d ops.Destina
 	if d.Partition != nil {
 		partition = *d.Partition
 	}
+	// kafka-go's produce does not follow ctx: WriteMessages returns when
+	// ctx ends, but the batch goes on in the writer, each attempt bounded
+	// by WriteTimeout, and Close waits for it. The attempts share what is
+	// left of the send budget, so that the writer is done about when the
+	// budget is.
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(ReplayTimeoutDefault)
+	}
+	const attempts = 3
+	budget := time.Until(deadline)
+	if budget <= 0 {
+		return fmt.Errorf("no time left to write to Kafka topic %q: nothing was sent", d.Topic)
+	}
 	w := &kafkago.Writer{Addr: kafkago.TCP(c.Brokers...), Transport: c.roundTripper(), RequiredAcks: kafkago.RequireAll,
-		MaxAttempts: 3, WriteTimeout: 10 * time.Second,
+		MaxAttempts: attempts, WriteTimeout: max(budget/attempts, time.Millisecond),
 		// The original partition when known and still there, else by key
 		// as the relay does.
 		Balancer: kafkago.BalancerFunc(func(m kafkago.Message, partitions ...int) int {
@@ -390,14 +404,62 @@ func (r *letter) republishKafka(ctx context.Context, c *KafkaConn, d ops.Destina
 			}
 			return (&kafkago.Hash{}).Balance(m, partitions...)
 		})}
-	defer w.Close()
-	if err := w.WriteMessages(ctx, msg); err != nil {
-		var refused kafkago.Error
-		if errors.As(err, &refused) {
-			// The brokers answered with an error code: not written.
-			return fmt.Errorf("write to Kafka topic %q: %w", d.Topic, err)
-		}
-		return fmt.Errorf("write to Kafka topic %q: %w: %w", d.Topic, ops.ErrOutcomeUnknown, err)
+	err := w.WriteMessages(ctx, msg)
+	closeWriter(w, deadline)
+	switch {
+	case err == nil:
+		return nil
+	case refusedByKafka(err):
+		// The brokers answered with an error code that says the record
+		// was not appended.
+		return fmt.Errorf("write to Kafka topic %q: Kafka refused it, nothing was written: %w", d.Topic, err)
 	}
-	return nil
+	return fmt.Errorf("write to Kafka topic %q: %w: %w", d.Topic, ops.ErrOutcomeUnknown, err)
+}
+
+// closeWriter closes w, waiting until deadline at most: Close waits for a
+// batch still being written, which a send whose budget is spent must not.
+// The goroutine ends with Close, once the writer's last attempt has (its
+// WriteTimeout is a share of the same budget).
+func closeWriter(w *kafkago.Writer, deadline time.Time) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w.Close() //nolint:errcheck // the write's own error says what happened to the record
+	}()
+	t := time.NewTimer(max(time.Until(deadline), 0))
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
+}
+
+// refusedByKafka reports whether err, from a write of one record, is the
+// brokers' refusal: an error code, as kafkago.Error, for every record
+// (kafkago.WriteErrors has no Unwrap, so errors.As cannot see inside it).
+// Not a refusal: a timeout or a lost connection, and the two codes that a
+// leader returns after it appended the record (the in-sync replicas did not
+// confirm it in time, or fell short after the append): the record may be
+// there.
+func refusedByKafka(err error) bool {
+	var werrs kafkago.WriteErrors
+	if errors.As(err, &werrs) {
+		n := 0
+		for _, e := range werrs {
+			if e == nil {
+				continue
+			}
+			if !refusedByKafka(e) {
+				return false
+			}
+			n++
+		}
+		return n > 0
+	}
+	var code kafkago.Error
+	if !errors.As(err, &code) {
+		return false
+	}
+	return code != kafkago.RequestTimedOut && code != kafkago.NotEnoughReplicasAfterAppend
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/outboxkit/outboxkit/internal/ops"
 	"github.com/outboxkit/outboxkit/internal/testenv"
@@ -199,5 +200,86 @@ func TestKafkaIngestReplay(t *testing.T) {
 	}
 	if after := b.row(t, "id = $1", row.ID); after.Status != "edited" || string(after.Payload) != `{"amount":"x"}` {
 		t.Errorf("the edited row: %s %q", after.Status, after.Payload)
+	}
+}
+
+// storedKafkaLetter is a Kafka dead letter from topic, as dlq ingest stores it.
+func storedKafkaLetter(topic string) *ops.BrokerLetter {
+	return &ops.BrokerLetter{Ref: ops.Ref{Kind: ops.KindInbox, ID: 1}, From: FromKafka, EventID: uuid.NewString(),
+		Payload: []byte(`{"amount":5}`), Headers: []byte(`[]`), Source: []byte(`{"original_topic":"` + topic + `"}`)}
+}
+
+// A broker's refusal (an error code for the record) is "not written", not
+// "outcome unknown": kafka-go reports it inside WriteErrors, which errors.As
+// cannot see into. A timeout waiting for the replicas is unknown: the
+// leader may have appended the record.
+func TestKafkaRefusalIsNotAnUnknownOutcome(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		code    int16
+		unknown bool
+	}{
+		{"topic authorization failed", 29, false},
+		{"request timed out (the replicas did not confirm in time)", 7, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			k := testenv.NewKafka(t)
+			if k.Fake == nil {
+				t.Skip("injects produce errors through kfake")
+			}
+			topic := testenv.UniqueName("payments")
+			k.CreateTopic(t, topic, 1)
+			k.Fake.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+				k.Fake.KeepControl()
+				r := req.(*kmsg.ProduceRequest)
+				resp := r.ResponseKind().(*kmsg.ProduceResponse)
+				for _, rt := range r.Topics {
+					st := kmsg.NewProduceResponseTopic()
+					st.Topic = rt.Topic
+					for _, rp := range rt.Partitions {
+						sp := kmsg.NewProduceResponseTopicPartition()
+						sp.Partition, sp.ErrorCode = rp.Partition, tc.code
+						st.Partitions = append(st.Partitions, sp)
+					}
+					resp.Topics = append(resp.Topics, st)
+				}
+				return resp, nil, true
+			})
+			rep := &Republisher{Kafka: &KafkaConn{Brokers: k.Brokers}, Timeout: 5 * time.Second}
+			_, err := rep.Republish(context.Background(), storedKafkaLetter(topic))
+			if err == nil || errors.Is(err, ops.ErrOutcomeUnknown) != tc.unknown {
+				t.Errorf("error %v, want outcome unknown: %v", err, tc.unknown)
+			}
+		})
+	}
+}
+
+// kafka-go's produce does not follow the caller's context, and Close waits
+// for a batch still being written: a send to a broker that never answers
+// ends with its budget (outcome unknown), not after the writer's own
+// timeouts and retries.
+func TestKafkaSendEndsWithItsBudget(t *testing.T) {
+	t.Parallel()
+	k := testenv.NewKafka(t)
+	if k.Fake == nil {
+		t.Skip("stalls produce requests through kfake")
+	}
+	topic := testenv.UniqueName("payments")
+	k.CreateTopic(t, topic, 1)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) }) // before kfake's Close, which also wakes it
+	k.Fake.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		k.Fake.KeepControl()
+		k.Fake.SleepControl(func() { <-release })
+		return nil, nil, false
+	})
+	const budget = 2 * time.Second
+	rep := &Republisher{Kafka: &KafkaConn{Brokers: k.Brokers}, Timeout: budget}
+	start := time.Now()
+	_, err := rep.Republish(context.Background(), storedKafkaLetter(topic))
+	if took := time.Since(start); !errors.Is(err, ops.ErrOutcomeUnknown) || took > budget+time.Second {
+		t.Errorf("after %s: %v, want outcome unknown within %s", took.Round(time.Millisecond), err, budget)
 	}
 }
