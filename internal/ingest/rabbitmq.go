@@ -260,6 +260,15 @@ func rabbitLetter(source, queue string, d *amqp.Delivery, now time.Time) *Letter
 			src["original_routing_key"] = textOrBase64([]byte(topic))
 		}
 		src["original_queue"] = textOrBase64([]byte(origin.Queue))
+		if origin.Exchange == "" {
+			// An operator's earlier replay: the routing key is the
+			// queue's name, the topic is in wire.TopicHeader.
+			for k, v := range h {
+				if s, _ := str(v); strings.EqualFold(k, wire.TopicHeader) && s != "" {
+					topic = s
+				}
+			}
+		}
 	}
 	if len(ds) > 1 {
 		src["death_chain"] = chain(ds)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/outboxkit/outboxkit/internal/ops"
 	"github.com/outboxkit/outboxkit/internal/testenv"
+	"github.com/outboxkit/outboxkit/internal/wire"
 )
 
 // fanoutTopology: a fanout exchange with two subscriber queues, as a
@@ -562,5 +563,43 @@ func TestApproveLeavesTheApprovalPendingWhenATargetIsRefused(t *testing.T) {
 	}
 	if d := f.get(t, f.ledger); string(d.Body) != `{"amount":"10.00"}` {
 		t.Errorf("in the ledger: %q", d.Body)
+	}
+}
+
+// A replayed message that dies again comes back with the queue's name as
+// routing key: its topic is in outboxkit-topic, which ingest keeps as the
+// row's topic and the next replay sends again.
+func TestReplayedTwiceKeepsItsTopic(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFanoutTopology(t)
+	db := testenv.NewDB(t)
+	rep := &Republisher{RabbitMQ: &RabbitMQConn{URL: testenv.RabbitURL()}}
+	if err := f.ch.PublishWithContext(ctx, f.pay, "payments.created", false, false, paymentEvent(uuid.NewString())); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.get(t, f.accounting).Ack(false); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.get(t, f.ledger).Reject(false); err != nil {
+		t.Fatal(err)
+	}
+	a := ops.Action{Actor: "oncall-ann", Reason: "ledger fixed"}
+	for round := 1; round <= 2; round++ {
+		store, ref := ingestOne(t, f, db, rep)
+		var topic string
+		if err := db.Pool.QueryRow(ctx, `SELECT topic FROM inbox.dead_letters WHERE id = $1`, ref.ID).Scan(&topic); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := store.Replay(ctx, a, ref); err != nil {
+			t.Fatal(err)
+		}
+		d := f.get(t, f.ledger)
+		if got := d.Headers[wire.TopicHeader]; topic != "payments.created" || got != "payments.created" || d.Exchange != "" {
+			t.Errorf("round %d: row topic %q, replay through exchange %q with %s %v", round, topic, d.Exchange, wire.TopicHeader, got)
+		}
+		if err := d.Reject(false); err != nil { // the ledger still cannot
+			t.Fatal(err)
+		}
 	}
 }
