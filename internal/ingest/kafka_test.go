@@ -209,6 +209,19 @@ func storedKafkaLetter(topic string) *ops.BrokerLetter {
 		Payload: []byte(`{"amount":5}`), Headers: []byte(`[]`), Source: []byte(`{"original_topic":"` + topic + `"}`)}
 }
 
+// fakeKafkaTopic starts a kfake cluster with one topic, for tests that
+// inject broker faults; they skip themselves on a real Kafka.
+func fakeKafkaTopic(t *testing.T) (*testenv.Kafka, string) {
+	t.Helper()
+	k := testenv.NewKafka(t)
+	if k.Fake == nil {
+		t.Skip("injects broker faults through kfake")
+	}
+	topic := testenv.UniqueName("payments")
+	k.CreateTopic(t, topic, 1)
+	return k, topic
+}
+
 // A broker's refusal (an error code for the record) is "not written", not
 // "outcome unknown": kafka-go reports it inside WriteErrors, which errors.As
 // cannot see into. A timeout waiting for the replicas is unknown: the
@@ -225,12 +238,7 @@ func TestKafkaRefusalIsNotAnUnknownOutcome(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			k := testenv.NewKafka(t)
-			if k.Fake == nil {
-				t.Skip("injects produce errors through kfake")
-			}
-			topic := testenv.UniqueName("payments")
-			k.CreateTopic(t, topic, 1)
+			k, topic := fakeKafkaTopic(t)
 			k.Fake.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
 				k.Fake.KeepControl()
 				r := req.(*kmsg.ProduceRequest)
@@ -262,12 +270,7 @@ func TestKafkaRefusalIsNotAnUnknownOutcome(t *testing.T) {
 // timeouts and retries.
 func TestKafkaSendEndsWithItsBudget(t *testing.T) {
 	t.Parallel()
-	k := testenv.NewKafka(t)
-	if k.Fake == nil {
-		t.Skip("stalls produce requests through kfake")
-	}
-	topic := testenv.UniqueName("payments")
-	k.CreateTopic(t, topic, 1)
+	k, topic := fakeKafkaTopic(t)
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) }) // before kfake's Close, which also wakes it
 	k.Fake.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {

@@ -234,18 +234,9 @@ func (s *Store) brokerTargets(ctx context.Context, items []Item, edit bool) (map
 // brokersReady returns a *NoBrokerError, naming the dead letter, when a
 // broker dead letter among refs came from a broker s cannot reach.
 func (s *Store) brokersReady(ctx context.Context, refs []Ref) error {
-	var items []Item
-	for _, r := range refs {
-		if r.Kind == KindInbox {
-			items = append(items, Item{Ref: r})
-		}
-	}
-	targets, err := s.brokerTargets(ctx, items, false)
+	items, _, err := s.resolve(ctx, refs, false)
 	if err != nil {
 		return err
-	}
-	for i := range items {
-		items[i].IngestedFrom = targets[items[i].Ref.ID].from
 	}
 	return s.itemsReady(items)
 }
@@ -256,18 +247,9 @@ func (s *Store) brokersReady(ctx context.Context, refs []Ref) error {
 // --kafka-retry-topic, a destination --replay-allow refuses or an unknown
 // destination is worse than one left pending with the reason.
 func (s *Store) targetsReady(ctx context.Context, refs []Ref, edit bool) error {
-	var items []Item
-	for _, r := range refs {
-		if r.Kind == KindInbox {
-			items = append(items, Item{Ref: r})
-		}
-	}
-	targets, err := s.brokerTargets(ctx, items, edit)
+	items, targets, err := s.resolve(ctx, refs, edit)
 	if err != nil {
 		return err
-	}
-	for i := range items {
-		items[i].IngestedFrom = targets[items[i].Ref.ID].from
 	}
 	if err := s.itemsReady(items); err != nil {
 		return err
@@ -283,6 +265,25 @@ func (s *Store) targetsReady(ctx context.Context, refs []Ref, edit bool) error {
 			errors.Join(errs...))
 	}
 	return nil
+}
+
+// resolve returns the inbox dead letters among refs as items that say
+// where they came from, and where each broker dead letter would go.
+func (s *Store) resolve(ctx context.Context, refs []Ref, edit bool) ([]Item, map[int64]brokerTarget, error) {
+	var items []Item
+	for _, r := range refs {
+		if r.Kind == KindInbox {
+			items = append(items, Item{Ref: r})
+		}
+	}
+	targets, err := s.brokerTargets(ctx, items, edit)
+	if err != nil {
+		return nil, nil, err
+	}
+	for i := range items {
+		items[i].IngestedFrom = targets[items[i].Ref.ID].from
+	}
+	return items, targets, nil
 }
 
 // itemsReady is brokersReady for listed items, which say where they came
