@@ -9,6 +9,7 @@ package ingest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -465,6 +466,10 @@ func TestReplayAfterADelayQueueReachesOnlyTheLedger(t *testing.T) {
 	}
 	if dest.Queue != f.ledger {
 		t.Errorf("the replay goes to queue %q, want %q, the queue that dead-lettered it", dest.Queue, f.ledger)
+	}
+	// The dry run and the dashboard show the chain the choice came from.
+	if chain := fmt.Sprintf("%q (expired) -> %q (rejected)", delay, f.ledger); dest.Chain != chain || !strings.Contains(dest.String(), chain) {
+		t.Errorf("chain %q in %q, want %q", dest.Chain, dest, chain)
 	}
 	if _, err := store.Replay(ctx, ops.Action{Actor: "oncall-ann", Reason: "ledger fixed"}, ref); err != nil {
 		t.Fatal(err)
