@@ -366,7 +366,8 @@ type send struct {
 	action  string // replay or edit
 	status  string // replayed or edited
 	edited  []byte // edit: the corrected payload, kept on the row
-	xact    string // the id of the transaction that locked the row
+	sendID  string // in the audit details: proves, after a lost transaction, that it committed
+	mark    int64  // the last audit entry before the send's own (auditMarkSQL)
 	targets []string
 	details map[string]any
 }
@@ -403,8 +404,8 @@ func (s *Store) sendIngested(ctx context.Context, a Action, ref Ref, edit bool, 
 	if err != nil {
 		return Outcome{}, err
 	}
-	// Asked after a lost transaction: did it commit (recordLostSend)?
-	if err := tx.QueryRow(ctx, s.in.sendXact).Scan(&p.xact); err != nil {
+	// Where recordLostSend starts looking for this send's audit entry.
+	if err := tx.QueryRow(ctx, s.in.auditMark).Scan(&p.mark); err != nil {
 		return Outcome{}, err
 	}
 	sendCtx, cancelSend, err := sendContext(ctx, ref)
@@ -450,16 +451,7 @@ func (s *Store) sendIngested(ctx context.Context, a Action, ref Ref, edit bool, 
 		}
 		return out, fmt.Errorf("%s: %s went to %s: %w: %w", ref, what, dest, ErrSentNotRecorded, errors.Join(first, err))
 	}
-	switch lost.outcome {
-	case lostCommitted:
-		out.Note += "; recorded (the answer to the commit was lost, but the commit went through)"
-	case lostTwice:
-		return out, fmt.Errorf("%s went to %s, after %s had made it %s while the first transaction was lost: %w; "+
-			"the audit log has both sends", ref, dest, lost.actor, lost.status, ErrSentTwice)
-	default:
-		out.Note += "; recorded in a second transaction, the first was lost after the send"
-	}
-	return out, nil
+	return lost.report(out, dest)
 }
 
 // What recordLostSend found.
@@ -474,31 +466,46 @@ type lostSend struct {
 	status, actor string
 }
 
+// report completes out, the outcome of a confirmed send to dest, with how
+// it was recorded after its first transaction was lost.
+func (lost lostSend) report(out Outcome, dest Destination) (Outcome, error) {
+	switch lost.outcome {
+	case lostCommitted:
+		out.Note += "; recorded (the answer to the commit was lost, but the commit went through)"
+	case lostTwice:
+		return out, fmt.Errorf("%s went to %s, after %s had made it %s while the first transaction was lost: %w; "+
+			"the audit log has both sends", out.Ref, dest, lost.actor, lost.status, ErrSentTwice)
+	default:
+		out.Note += "; recorded in a second transaction, the first was lost after the send"
+	}
+	return out, nil
+}
+
 // recordLostSend records confirmed send p after the transaction that locked
-// the row (transaction p.xact) was lost. The lock went with it, so another
-// operator may have acted meanwhile: a status equal to p.status proves
-// nothing. The lost transaction's own fate does: if it committed, it
-// recorded the send; if not and the row is still parked, the send is
-// recorded now; if someone else changed the row, this send is audited all
-// the same (a second send, after theirs), and the caller says so.
+// the row was lost. The lock went with it, so another operator may have
+// acted meanwhile: a status equal to p.status proves nothing. The lost
+// transaction's own audit entry does, found by the send id it carries: if
+// it is there, that transaction committed and recorded the send; if not and
+// the row is still parked, the send is recorded now; if someone else
+// changed the row, this send is audited all the same (a second send, after
+// theirs), and the caller says so.
 func (s *Store) recordLostSend(ctx context.Context, tx pgx.Tx, a Action, ref Ref, p *send) (lostSend, error) {
-	var after json.RawMessage
-	err := tx.QueryRow(ctx, s.in.closeIngested, ref.ID, p.status, p.edited).Scan(&after)
-	if err == nil {
-		return lostSend{outcome: lostRecorded}, s.auditInbox(ctx, tx, a, p.action, p.targets, p.before, after, p.details)
-	}
-	if !errors.Is(err, pgx.ErrNoRows) {
-		return lostSend{}, err
-	}
-	var xs *string
+	var committed bool
 	var ls lostSend
 	var current json.RawMessage
-	if err := tx.QueryRow(ctx, s.in.lostSend, ref.ID, p.xact).Scan(&xs, &ls.status, &ls.actor, &current); err != nil {
+	if err := tx.QueryRow(ctx, s.in.lostSend, ref.ID, p.mark, p.sendID).Scan(&committed, &ls.status, &ls.actor, &current); err != nil {
 		return lostSend{}, err
 	}
-	if xs != nil && *xs == "committed" {
+	switch {
+	case committed:
 		ls.outcome = lostCommitted
 		return ls, nil
+	case ls.status == "parked":
+		var after json.RawMessage
+		if err := tx.QueryRow(ctx, s.in.closeIngested, ref.ID, p.status, p.edited).Scan(&after); err != nil {
+			return lostSend{}, err
+		}
+		return lostSend{outcome: lostRecorded}, s.auditInbox(ctx, tx, a, p.action, p.targets, p.before, after, p.details)
 	}
 	ls.outcome = lostTwice
 	p.details["second_send_after"] = map[string]any{"status": ls.status, "by": ls.actor}
@@ -529,7 +536,8 @@ func (s *Store) lockForSend(ctx context.Context, tx pgx.Tx, ref Ref, edit bool, 
 	if err := s.BrokerReady(l.From); err != nil {
 		return nil, fmt.Errorf("%s %w", ref, err)
 	}
-	p.details = map[string]any{"ref": ref.String(), "consumer": consumer, "ingested_from": l.From}
+	p.sendID = uuid.NewString()
+	p.details = map[string]any{"ref": ref.String(), "consumer": consumer, "ingested_from": l.From, "send_id": p.sendID}
 	p.targets = []string{strconv.FormatInt(ref.ID, 10), l.EventID}
 	if edit {
 		// Fingerprints and size only: the audit log never holds payload

@@ -373,21 +373,31 @@ RETURNING to_jsonb(dead_letters) - 'payload' - 'edited_payload' - 'headers'`
  WHERE d.id = $1 AND d.status = 'parked' AND d.ingested_from IS NOT NULL
 RETURNING to_jsonb(d) - 'payload' - 'edited_payload' - 'headers' || jsonb_build_object('payload_bytes', length(d.payload))`
 
-	// sendXactSQL: the id of the transaction that locked a dead letter
-	// for a send (a row lock has assigned one), to ask later whether it
-	// committed.
-	sendXactSQL = `SELECT pg_current_xact_id()::text`
+	// auditMarkSQL: the last audit entry's id when a dead letter is locked
+	// for a send. The send's own entry, if that transaction commits, comes
+	// after it (identity values only grow), so a lost transaction's entry is
+	// looked for among the rows written since: a short backward scan of the
+	// primary key, not the whole log.
+	auditMarkSQL = `SELECT coalesce(max(id), 0) FROM {{O}}.audit_log`
 
 	// lostSendSQL, after the transaction that locked dead letter $1 for a
-	// send was lost: whether transaction $2 committed (NULL when too old
-	// to tell), the row's status, who last acted on it, and the row as
-	// audit entries show it.
-	lostSendSQL = `SELECT pg_xact_status($2::xid8), d.status,
+	// send was lost: whether that transaction's audit entry exists (it
+	// carries send id $3 and comes after entry $2: if it is there, the
+	// transaction committed), the row's status, who last acted on it, and
+	// the row as audit entries show it. The row is locked: what is decided
+	// from it is written before anyone else acts. The send id, not the
+	// transaction id (pg_xact_status), is the proof: a standby promoted
+	// after an asynchronous failover reissues transaction ids, so a lost
+	// transaction's xid may name another transaction, or one in its future.
+	lostSendSQL = `SELECT EXISTS (SELECT 1 FROM {{O}}.audit_log a
+                WHERE a.id > $2::bigint AND a.target_kind = 'inbox_dead_letter' AND a.details->>'send_id' = $3::text),
+       d.status,
        coalesce((SELECT a.actor FROM {{O}}.audit_log a
                   WHERE a.target_kind = 'inbox_dead_letter' AND a.target_ids[1] = $1::bigint::text
                   ORDER BY a.id DESC LIMIT 1), 'unknown'),
        to_jsonb(d) - 'payload' - 'edited_payload' - 'headers' || jsonb_build_object('payload_bytes', length(d.payload))
-  FROM {{I}}.dead_letters d WHERE d.id = $1::bigint`
+  FROM {{I}}.dead_letters d WHERE d.id = $1::bigint
+   FOR UPDATE OF d`
 
 	// requestsOfSQL: every request on the dead letters $1, oldest first.
 	requestsOfSQL = `SELECT id, dead_letter_id, consumer, action, status, requested_by, reason, requested_at, done_at,
@@ -412,7 +422,7 @@ type inboxStatements struct {
 	lockDeadLetter, deadLetterLane, lockLane, pendingRequestOf, insertRequest string
 	cancelRequests, dropDeadLetter, restoreDeadLetter, openBehind, setLane    string
 	lastDrop, requestStatus, requestsOf, requestsByID, blockedBehind          string
-	ingestedFrom, ingestedOrigins, lockIngested, closeIngested, sendXact      string
+	ingestedFrom, ingestedOrigins, lockIngested, closeIngested, auditMark     string
 	lostSend                                                                  string
 }
 
@@ -426,7 +436,7 @@ func renderInboxStatements(outboxIdent, inboxIdent string) inboxStatements {
 		lastDrop: r(lastInboxDropSQL), requestStatus: r(requestStatusSQL), requestsOf: r(requestsOfSQL),
 		requestsByID: r(requestsByIDSQL), blockedBehind: r(blockedBehindSQL),
 		ingestedFrom: r(ingestedFromSQL), ingestedOrigins: r(ingestedOriginsSQL), lockIngested: r(lockIngestedSQL),
-		closeIngested: r(closeIngestedSQL), sendXact: r(sendXactSQL), lostSend: r(lostSendSQL),
+		closeIngested: r(closeIngestedSQL), auditMark: r(auditMarkSQL), lostSend: r(lostSendSQL),
 	}
 }
 
