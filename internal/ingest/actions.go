@@ -379,23 +379,56 @@ func (r *letter) republishKafka(ctx context.Context, c *KafkaConn, d ops.Destina
 		partition = *d.Partition
 	}
 	// kafka-go's produce does not follow ctx: WriteMessages returns when
-	// ctx ends, but the batch goes on in the writer, each attempt bounded
-	// by WriteTimeout, and Close waits for it. The attempts share what is
+	// ctx ends, but the batch goes on in the writer, bounded by
+	// WriteTimeout, and Close waits for it. The attempts share what is
 	// left of the send budget, so that the writer is done about when the
 	// budget is.
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		deadline = time.Now().Add(ReplayTimeoutDefault)
 	}
-	const attempts = 3
-	budget := time.Until(deadline)
-	if budget <= 0 {
+	if time.Until(deadline) <= 0 {
 		return fmt.Errorf("no time left to write to Kafka topic %q: nothing was sent", d.Topic)
 	}
+	// Our own retries, not kafka-go's: its writer retries temporary errors
+	// and returns the last attempt's only, so a first attempt that timed
+	// out after the leader appended the record, then a refusal, would read
+	// as "refused, nothing was written". Here each error describes one
+	// attempt, a retry follows a refusal only, and "refused" therefore
+	// means every attempt was refused; after an attempt whose outcome is
+	// unknown the send stops and says so (the operator's retry sends the
+	// same event id).
+	const attempts = 3
+	backoff := 100 * time.Millisecond
+	for i := 0; ; i++ {
+		err := writeKafkaOnce(ctx, c, msg, partition, deadline, time.Until(deadline)/time.Duration(attempts-i))
+		switch {
+		case err == nil:
+			return nil
+		case !refusedByKafka(err):
+			return fmt.Errorf("write to Kafka topic %q: %w: %w", d.Topic, ops.ErrOutcomeUnknown, err)
+		case i+1 == attempts || !temporaryKafka(err) || time.Until(deadline) <= backoff:
+			// The brokers answered every attempt with an error code
+			// that says the record was not appended.
+			return fmt.Errorf("write to Kafka topic %q: Kafka refused it, nothing was written: %w", d.Topic, err)
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("write to Kafka topic %q: Kafka refused it, nothing was written: %w", d.Topic, err)
+		case <-t.C:
+		}
+		backoff *= 2
+	}
+}
+
+// writeKafkaOnce writes msg in one attempt (the original partition when
+// known and still there, else by key as the relay does), bounded by share,
+// and closes the writer by deadline at most.
+func writeKafkaOnce(ctx context.Context, c *KafkaConn, msg kafkago.Message, partition int, deadline time.Time, share time.Duration) error {
 	w := &kafkago.Writer{Addr: kafkago.TCP(c.Brokers...), Transport: c.roundTripper(), RequiredAcks: kafkago.RequireAll,
-		MaxAttempts: attempts, WriteTimeout: max(budget/attempts, time.Millisecond),
-		// The original partition when known and still there, else by key
-		// as the relay does.
+		MaxAttempts: 1, WriteTimeout: max(share, time.Millisecond),
 		Balancer: kafkago.BalancerFunc(func(m kafkago.Message, partitions ...int) int {
 			for _, p := range partitions {
 				if p == partition {
@@ -406,15 +439,7 @@ func (r *letter) republishKafka(ctx context.Context, c *KafkaConn, d ops.Destina
 		})}
 	err := w.WriteMessages(ctx, msg)
 	closeWriter(w, deadline)
-	switch {
-	case err == nil:
-		return nil
-	case refusedByKafka(err):
-		// The brokers answered with an error code that says the record
-		// was not appended.
-		return fmt.Errorf("write to Kafka topic %q: Kafka refused it, nothing was written: %w", d.Topic, err)
-	}
-	return fmt.Errorf("write to Kafka topic %q: %w: %w", d.Topic, ops.ErrOutcomeUnknown, err)
+	return err
 }
 
 // closeWriter closes w, waiting until deadline at most: Close waits for a
@@ -435,31 +460,52 @@ func closeWriter(w *kafkago.Writer, deadline time.Time) {
 	}
 }
 
-// refusedByKafka reports whether err, from a write of one record, is the
-// brokers' refusal: an error code, as kafkago.Error, for every record
-// (kafkago.WriteErrors has no Unwrap, so errors.As cannot see inside it).
-// Not a refusal: a timeout or a lost connection, and the two codes that a
-// leader returns after it appended the record (the in-sync replicas did not
-// confirm it in time, or fell short after the append): the record may be
-// there.
+// refusedByKafka reports whether err, from a write of one record in one
+// attempt, is the brokers' refusal: an error code, as kafkago.Error, for
+// every record. Not a refusal: a timeout or a lost connection, and the two
+// codes that a leader returns after it appended the record (the in-sync
+// replicas did not confirm it in time, or fell short after the append): the
+// record may be there.
 func refusedByKafka(err error) bool {
+	codes, ok := kafkaCodes(err)
+	for _, code := range codes {
+		if code == kafkago.RequestTimedOut || code == kafkago.NotEnoughReplicasAfterAppend {
+			return false
+		}
+	}
+	return ok
+}
+
+// temporaryKafka reports whether every error code in err is one a later
+// attempt may not get (a leader change, too few replicas for now).
+func temporaryKafka(err error) bool {
+	codes, ok := kafkaCodes(err)
+	for _, code := range codes {
+		if !code.Temporary() {
+			return false
+		}
+	}
+	return ok
+}
+
+// kafkaCodes returns the brokers' error code of each failed record in err;
+// ok is false when a failure has none, or there is none.
+// kafkago.WriteErrors has no Unwrap, so errors.As cannot see inside it.
+func kafkaCodes(err error) (codes []kafkago.Error, ok bool) {
+	errs := []error{err}
 	var werrs kafkago.WriteErrors
 	if errors.As(err, &werrs) {
-		n := 0
-		for _, e := range werrs {
-			if e == nil {
-				continue
-			}
-			if !refusedByKafka(e) {
-				return false
-			}
-			n++
+		errs = werrs
+	}
+	for _, e := range errs {
+		if e == nil {
+			continue
 		}
-		return n > 0
+		var code kafkago.Error
+		if !errors.As(e, &code) {
+			return nil, false
+		}
+		codes = append(codes, code)
 	}
-	var code kafkago.Error
-	if !errors.As(err, &code) {
-		return false
-	}
-	return code != kafkago.RequestTimedOut && code != kafkago.NotEnoughReplicasAfterAppend
+	return codes, len(codes) > 0
 }

@@ -241,19 +241,7 @@ func TestKafkaRefusalIsNotAnUnknownOutcome(t *testing.T) {
 			k, topic := fakeKafkaTopic(t)
 			k.Fake.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
 				k.Fake.KeepControl()
-				r := req.(*kmsg.ProduceRequest)
-				resp := r.ResponseKind().(*kmsg.ProduceResponse)
-				for _, rt := range r.Topics {
-					st := kmsg.NewProduceResponseTopic()
-					st.Topic = rt.Topic
-					for _, rp := range rt.Partitions {
-						sp := kmsg.NewProduceResponseTopicPartition()
-						sp.Partition, sp.ErrorCode = rp.Partition, tc.code
-						st.Partitions = append(st.Partitions, sp)
-					}
-					resp.Topics = append(resp.Topics, st)
-				}
-				return resp, nil, true
+				return produceAnswer(req, tc.code), nil, true
 			})
 			rep := &Republisher{Kafka: &KafkaConn{Brokers: k.Brokers}, Timeout: 5 * time.Second}
 			_, err := rep.Republish(context.Background(), storedKafkaLetter(topic))
@@ -285,4 +273,86 @@ func TestKafkaSendEndsWithItsBudget(t *testing.T) {
 	if took := time.Since(start); !errors.Is(err, ops.ErrOutcomeUnknown) || took > budget+time.Second {
 		t.Errorf("after %s: %v, want outcome unknown within %s", took.Round(time.Millisecond), err, budget)
 	}
+}
+
+// Review 3: kafka-go retries temporary errors (it had MaxAttempts 3) and reports
+// only the last attempt's. A first attempt that timed out waiting for the
+// replicas (the leader may have appended the record) followed by refusals
+// (NOT_ENOUGH_REPLICAS, temporary, so retried) must stay "outcome unknown",
+// not "Kafka refused it, nothing was written".
+func TestKafkaRefusalAfterATimedOutAttemptIsUnknown(t *testing.T) {
+	t.Parallel()
+	k, topic := fakeKafkaTopic(t)
+	var attempts int
+	k.Fake.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		k.Fake.KeepControl()
+		attempts++
+		code := int16(19) // NOT_ENOUGH_REPLICAS: refused, not appended
+		if attempts == 1 {
+			code = 7 // REQUEST_TIMED_OUT: may be appended
+		}
+		return produceAnswer(req, code), nil, true
+	})
+	rep := &Republisher{Kafka: &KafkaConn{Brokers: k.Brokers}, Timeout: 10 * time.Second}
+	_, err := rep.Republish(context.Background(), storedKafkaLetter(topic))
+	if !errors.Is(err, ops.ErrOutcomeUnknown) {
+		t.Errorf("after %d attempts, the first timed out: %v, want outcome unknown", attempts, err)
+	}
+}
+
+// A refusal that a later attempt may not get (NOT_ENOUGH_REPLICAS) is
+// retried: refused twice then accepted is sent; refused on every
+// attempt is "refused, nothing was written".
+func TestKafkaRetriesOnlyRefusals(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		refusal int // attempts refused before one is let through; 3 = all
+		sent    bool
+	}{
+		{"refused twice, then accepted", 2, true},
+		{"refused on every attempt", 3, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			k, topic := fakeKafkaTopic(t)
+			var attempts int
+			k.Fake.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+				k.Fake.KeepControl()
+				if attempts++; attempts > tc.refusal {
+					return nil, nil, false // kfake appends it
+				}
+				return produceAnswer(req, 19), nil, true // NOT_ENOUGH_REPLICAS: refused, not appended
+			})
+			rep := &Republisher{Kafka: &KafkaConn{Brokers: k.Brokers}, Timeout: 10 * time.Second}
+			_, err := rep.Republish(context.Background(), storedKafkaLetter(topic))
+			switch {
+			case tc.sent && err != nil:
+				t.Errorf("after %d attempts: %v, want it sent", attempts, err)
+			case !tc.sent && (err == nil || errors.Is(err, ops.ErrOutcomeUnknown) || !strings.Contains(err.Error(), "nothing was written")):
+				t.Errorf("after %d attempts: %v, want refused", attempts, err)
+			}
+			if want := min(tc.refusal+1, 3); attempts != want {
+				t.Errorf("%d attempts, want %d", attempts, want)
+			}
+		})
+	}
+}
+
+// produceAnswer answers produce request req with error code for every
+// partition (kfake appends nothing).
+func produceAnswer(req kmsg.Request, code int16) kmsg.Response {
+	r := req.(*kmsg.ProduceRequest)
+	resp := r.ResponseKind().(*kmsg.ProduceResponse)
+	for _, rt := range r.Topics {
+		st := kmsg.NewProduceResponseTopic()
+		st.Topic = rt.Topic
+		for _, rp := range rt.Partitions {
+			sp := kmsg.NewProduceResponseTopicPartition()
+			sp.Partition, sp.ErrorCode = rp.Partition, code
+			st.Partitions = append(st.Partitions, sp)
+		}
+		resp.Topics = append(resp.Topics, st)
+	}
+	return resp
 }
