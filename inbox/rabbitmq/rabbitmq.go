@@ -421,23 +421,11 @@ func (c *Consumer) delivery(d *amqp.Delivery) inbox.Delivery {
 // routing key is the queue's name, and carries the original routing key in
 // wire.TopicHeader: without it the event would land in another lane and
 // its key's real lane would wait for it forever. The header counts only on
-// the default exchange, which only a replay to one queue uses.
+// the default exchange, which only a replay to one queue uses. Spellings
+// of it that disagree name no topic (wire.TopicOf): the routing key it is.
 func topic(d *amqp.Delivery) string {
-	if d.Exchange != "" {
-		return d.RoutingKey
-	}
-	for k, v := range d.Headers {
-		if !strings.EqualFold(k, wire.TopicHeader) {
-			continue
-		}
-		var s string
-		switch x := v.(type) {
-		case string:
-			s = x
-		case []byte:
-			s = string(x)
-		}
-		if s != "" {
+	if d.Exchange == "" {
+		if s, ok := wire.TopicOf(d.Headers); ok {
 			return s
 		}
 	}

@@ -293,13 +293,15 @@ func (r *letter) republishRabbitMQ(ctx context.Context, c *RabbitMQConn, d ops.D
 // key is the queue's name, and the inbox's RabbitMQ consumer, which takes
 // the topic from the routing key, would put the event in another lane. A
 // message that reached that queue through the default exchange already
-// (an earlier replay) keeps the header it came with.
+// (an earlier replay) keeps the topic its header named, unless spellings
+// of it disagreed (the routing key then, as ingest and the inbox read it).
+// Either way the message leaves with the canonical spelling only, so that
+// no reader has a choice to make.
 func (r *letter) keepTopic(table amqp.Table) {
 	if ex, ok := bytesOf(r.source["original_exchange"]); ok && len(ex) == 0 {
-		for k, v := range table {
-			if s, _ := str(v); strings.EqualFold(k, wire.TopicHeader) && s != "" {
-				return
-			}
+		if s, ok := wire.TopicOf(table); ok {
+			setHeader(table, wire.TopicHeader, s, true)
+			return
 		}
 	}
 	key, ok := bytesOf(r.source["original_routing_key"])

@@ -262,11 +262,10 @@ func rabbitLetter(source, queue string, d *amqp.Delivery, now time.Time) *Letter
 		src["original_queue"] = textOrBase64([]byte(origin.Queue))
 		if origin.Exchange == "" {
 			// An operator's earlier replay: the routing key is the
-			// queue's name, the topic is in wire.TopicHeader.
-			for k, v := range h {
-				if s, _ := str(v); strings.EqualFold(k, wire.TopicHeader) && s != "" {
-					topic = s
-				}
+			// queue's name, the topic is in wire.TopicHeader (unless
+			// its spellings disagree: then the routing key).
+			if s, ok := wire.TopicOf(h); ok {
+				topic = s
 			}
 		}
 	}

@@ -608,3 +608,57 @@ func TestReplayedTwiceKeepsItsTopic(t *testing.T) {
 		}
 	}
 }
+
+// A message that reached the ledger through the default exchange with
+// spellings of outboxkit-topic that disagree names no topic: ingest takes
+// the routing key (the queue's name) as the row's topic, as the inbox's
+// consumer does, instead of a pick by map order. Spellings that agree name
+// their topic. Either way the replay carries the canonical spelling only.
+func TestTopicHeaderSpellingsThatDisagreeFallBackToTheRoutingKey(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		refunds string // the second spelling's value
+		want    func(f *fanoutTopology) string
+	}{
+		{"disagree", "refunds.created", func(f *fanoutTopology) string { return f.ledger }},
+		{"agree", "payments.created", func(*fanoutTopology) string { return "payments.created" }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			f := newFanoutTopology(t)
+			db := testenv.NewDB(t)
+			p := paymentEvent(uuid.NewString())
+			p.Headers[wire.TopicHeader], p.Headers["Outboxkit-Topic"] = "payments.created", tc.refunds
+			if err := f.ch.PublishWithContext(ctx, "", f.ledger, false, false, p); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.get(t, f.ledger).Reject(false); err != nil {
+				t.Fatal(err)
+			}
+			store, ref := ingestOne(t, f, db, &Republisher{RabbitMQ: &RabbitMQConn{URL: testenv.RabbitURL()}})
+			var topic string
+			if err := db.Pool.QueryRow(ctx, `SELECT topic FROM inbox.dead_letters WHERE id = $1`, ref.ID).Scan(&topic); err != nil {
+				t.Fatal(err)
+			}
+			if want := tc.want(f); topic != want {
+				t.Errorf("row topic %q, want %q", topic, want)
+			}
+			if _, err := store.Replay(ctx, ops.Action{Actor: "oncall-ann", Reason: "ledger fixed"}, ref); err != nil {
+				t.Fatal(err)
+			}
+			d := f.get(t, f.ledger)
+			var spellings []string
+			for k := range d.Headers {
+				if strings.EqualFold(k, wire.TopicHeader) {
+					spellings = append(spellings, k)
+				}
+			}
+			if want := tc.want(f); len(spellings) != 1 || spellings[0] != wire.TopicHeader || d.Headers[wire.TopicHeader] != want {
+				t.Errorf("the replay carries %v, %s = %v; want only %s = %q", spellings, wire.TopicHeader, d.Headers[wire.TopicHeader],
+					wire.TopicHeader, want)
+			}
+		})
+	}
+}

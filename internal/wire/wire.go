@@ -58,6 +58,34 @@ const EditOfHeader = "outboxkit-edit-of"
 // is the topic, and a forged header changes nothing.
 const TopicHeader = "outboxkit-topic"
 
+// TopicOf returns the topic that headers name in TopicHeader, matched
+// whatever its case as every other header outboxkit reads; ok is false when
+// none names one, or when spellings disagree: a pick among them would be
+// chance (map order), so the caller falls back to the routing key. Values
+// are strings or bytes, as AMQP carries them; an empty one names nothing.
+func TopicOf(headers map[string]any) (topic string, ok bool) {
+	for k, v := range headers {
+		if !strings.EqualFold(k, TopicHeader) {
+			continue
+		}
+		var s string
+		switch x := v.(type) {
+		case string:
+			s = x
+		case []byte:
+			s = string(x)
+		}
+		switch {
+		case s == "":
+		case !ok:
+			topic, ok = s, true
+		case s != topic:
+			return "", false
+		}
+	}
+	return topic, ok
+}
+
 // DefaultSource is ce_source when neither the event nor the relay set one.
 const DefaultSource = "/outboxkit"
 

@@ -599,3 +599,32 @@ func TestDecodePayloadUntouched(t *testing.T) {
 		t.Errorf("Payload = %q, want the caller's slice", e.Payload)
 	}
 }
+
+// Every spelling of outboxkit-topic counts; spellings that disagree name
+// no topic, so that the reader takes the routing key instead of a pick by
+// map order.
+func TestTopicOfWithSpellingsThatDisagree(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		headers map[string]any
+		topic   string
+		ok      bool
+	}{
+		{"none", map[string]any{"x": "y"}, "", false},
+		{"canonical", map[string]any{TopicHeader: "payments"}, "payments", true},
+		{"other case, bytes", map[string]any{"Outboxkit-Topic": []byte("payments")}, "payments", true},
+		{"spellings agree", map[string]any{TopicHeader: "payments", "OUTBOXKIT-TOPIC": []byte("payments")}, "payments", true},
+		{"an empty one names nothing", map[string]any{TopicHeader: "", "Outboxkit-Topic": "payments"}, "payments", true},
+		{"spellings disagree", map[string]any{TopicHeader: "payments", "Outboxkit-Topic": "refunds"}, "", false},
+		{"not text", map[string]any{TopicHeader: int64(7)}, "", false},
+	} {
+		// Map order varies: ask often enough to see both orders.
+		for range 20 {
+			if topic, ok := TopicOf(tc.headers); topic != tc.topic || ok != tc.ok {
+				t.Errorf("%s: %q %v, want %q %v", tc.name, topic, ok, tc.topic, tc.ok)
+				break
+			}
+		}
+	}
+}
