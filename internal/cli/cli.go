@@ -14,6 +14,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/outboxkit/outboxkit/internal/pgutil"
 )
 
@@ -171,6 +173,29 @@ func (d *dbFlags) databaseURL(env *Env) (string, error) {
 	}
 	return "", usageError("no database: pass --database-url or set DATABASE_URL (e.g. postgres://user@127.0.0.1:5432/app)")
 }
+
+// openPool connects to the database of the flags (databaseURL). conns gets
+// pgx's default pool size (from pool_max_conns in the URL, else pgx's own)
+// and returns the size the command needs.
+func (d *dbFlags) openPool(ctx context.Context, env *Env, conns func(def int32) int32) (*pgxpool.Pool, error) {
+	url, err := d.databaseURL(env)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := pgutil.ParsePoolConfig(url)
+	if err != nil {
+		return nil, err
+	}
+	cfg.MaxConns = conns(cfg.MaxConns)
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to PostgreSQL at %s: %w", pgutil.Redact(url), err)
+	}
+	return pool, nil
+}
+
+// fixedConns is a pool size for openPool that ignores the default.
+func fixedConns(n int32) func(int32) int32 { return func(int32) int32 { return n } }
 
 func envOr(env *Env, name, fallback string) string {
 	if v := env.Getenv(name); v != "" {

@@ -17,7 +17,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outboxkit/outboxkit/internal/ops"
-	"github.com/outboxkit/outboxkit/internal/pgutil"
 	"github.com/outboxkit/outboxkit/internal/safetext"
 )
 
@@ -178,16 +177,7 @@ func (o *opsFlags) action() (ops.Action, error) {
 
 // openStore connects and returns the operator store and a close function.
 func (o *opsFlags) openStore(ctx context.Context, env *Env) (*ops.Store, func(), error) {
-	url, err := o.db.databaseURL(env)
-	if err != nil {
-		return nil, nil, err
-	}
-	cfg, err := pgutil.ParsePoolConfig(url)
-	if err != nil {
-		return nil, nil, err
-	}
-	cfg.MaxConns = 4
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	pool, err := o.db.openPool(ctx, env, fixedConns(4))
 	if err != nil {
 		return nil, nil, err
 	}

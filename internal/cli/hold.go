@@ -9,10 +9,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/outboxkit/outboxkit/internal/holds"
-	"github.com/outboxkit/outboxkit/internal/pgutil"
 	"github.com/outboxkit/outboxkit/internal/safetext"
 )
 
@@ -98,16 +95,7 @@ func runHold(ctx context.Context, env *Env, args []string) error {
 		}
 	}
 
-	url, err := db.databaseURL(env)
-	if err != nil {
-		return err
-	}
-	cfg, err := pgutil.ParsePoolConfig(url)
-	if err != nil {
-		return err
-	}
-	cfg.MaxConns = 2
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	pool, err := db.openPool(ctx, env, fixedConns(2))
 	if err != nil {
 		return err
 	}

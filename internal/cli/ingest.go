@@ -11,11 +11,9 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/outboxkit/outboxkit/internal/ingest"
-	"github.com/outboxkit/outboxkit/internal/pgutil"
 	"github.com/outboxkit/outboxkit/internal/safetext"
 )
 
@@ -65,18 +63,9 @@ func runDLQIngest(ctx context.Context, env *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	url, err := db.databaseURL(env)
+	pool, err := db.openPool(ctx, env, fixedConns(2))
 	if err != nil {
 		return err
-	}
-	poolCfg, err := pgutil.ParsePoolConfig(url)
-	if err != nil {
-		return err
-	}
-	poolCfg.MaxConns = 2
-	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
-	if err != nil {
-		return fmt.Errorf("connect to PostgreSQL at %s: %w", pgutil.Redact(url), err)
 	}
 	defer pool.Close()
 	store, err := ingest.NewStore(pool, db.outboxSchema, db.inboxSchema)

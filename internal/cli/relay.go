@@ -8,14 +8,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	kafkago "github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/sasl/plain"
 	"github.com/segmentio/kafka-go/sasl/scram"
 
 	"github.com/outboxkit/outboxkit/internal/ops"
-	"github.com/outboxkit/outboxkit/internal/pgutil"
 	"github.com/outboxkit/outboxkit/internal/tlsconf"
 	"github.com/outboxkit/outboxkit/relay"
 	"github.com/outboxkit/outboxkit/relay/kafka"
@@ -279,18 +277,9 @@ func runRelay(ctx context.Context, env *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	url, err := db.databaseURL(env)
+	pool, err := db.openPool(ctx, env, func(def int32) int32 { return max(int32(cfg.Workers)+3, def) })
 	if err != nil {
 		return err
-	}
-	poolCfg, err := pgutil.ParsePoolConfig(url)
-	if err != nil {
-		return err
-	}
-	poolCfg.MaxConns = max(int32(cfg.Workers)+3, poolCfg.MaxConns)
-	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
-	if err != nil {
-		return fmt.Errorf("connect to PostgreSQL at %s: %w", pgutil.Redact(url), err)
 	}
 	defer pool.Close()
 	defer brokers.closeTransports()

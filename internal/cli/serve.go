@@ -12,12 +12,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/outboxkit/outboxkit/internal/dashboard"
 	"github.com/outboxkit/outboxkit/internal/ops"
-	"github.com/outboxkit/outboxkit/internal/pgutil"
 )
 
 const serveUsage = `serve [flags]
@@ -101,18 +99,9 @@ func runServe(ctx context.Context, env *Env, args []string) error {
 				slog.String("mode", st.Mode().Perm().String()))
 		}
 	}
-	url, err := db.databaseURL(env)
+	pool, err := db.openPool(ctx, env, fixedConns(8))
 	if err != nil {
 		return err
-	}
-	poolCfg, err := pgutil.ParsePoolConfig(url)
-	if err != nil {
-		return err
-	}
-	poolCfg.MaxConns = 8
-	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
-	if err != nil {
-		return fmt.Errorf("connect to PostgreSQL at %s: %w", pgutil.Redact(url), err)
 	}
 	defer pool.Close()
 	store, err := ops.New(pool, db.outboxSchema, db.inboxSchema)

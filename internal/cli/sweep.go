@@ -13,10 +13,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/outboxkit/outboxkit/internal/pgutil"
 	"github.com/outboxkit/outboxkit/sweeper"
 )
 
@@ -203,21 +201,13 @@ func runSweep(ctx context.Context, env *Env, args []string) error {
 		return err
 	}
 	cfg.Logger = logger
-	url, err := db.databaseURL(env)
-	if err != nil {
-		return err
-	}
-	poolCfg, err := pgutil.ParsePoolConfig(url)
-	if err != nil {
-		return err
-	}
-	poolCfg.MaxConns = max(int32(len(sweeper.Jobs())+1), poolCfg.MaxConns)
+	conns := func(def int32) int32 { return max(int32(len(sweeper.Jobs())+1), def) }
 	if job != "" {
-		poolCfg.MaxConns = 2
+		conns = fixedConns(2)
 	}
-	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
+	pool, err := db.openPool(ctx, env, conns)
 	if err != nil {
-		return fmt.Errorf("connect to PostgreSQL at %s: %w", pgutil.Redact(url), err)
+		return err
 	}
 	defer pool.Close()
 	s, err := sweeper.New(pool, &cfg)
