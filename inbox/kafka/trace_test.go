@@ -13,6 +13,7 @@ import (
 	"github.com/outboxkit/outboxkit/inbox"
 	"github.com/outboxkit/outboxkit/inbox/kafka"
 	"github.com/outboxkit/outboxkit/internal/testenv"
+	"github.com/outboxkit/outboxkit/internal/tracecheck"
 	"github.com/outboxkit/outboxkit/outbox"
 	"github.com/outboxkit/outboxkit/relay"
 	relaykafka "github.com/outboxkit/outboxkit/relay/kafka"
@@ -83,58 +84,6 @@ func TestTraceContextReachesHandlerThroughKafka(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("the handler was not called within 60s")
 	}
-	checkHandleSpan(t, rec, want, got)
-	checkPublishLink(t, rec, want)
-}
-
-// checkHandleSpan checks that the handler's span context got is the span
-// "outboxkit.inbox.handle", in want's trace, child of want.
-func checkHandleSpan(t *testing.T, rec *tracetest.SpanRecorder, want, got trace.SpanContext) {
-	t.Helper()
-	if got.TraceID() != want.TraceID() {
-		t.Fatalf("handler's trace id %s, want the producer's %s", got.TraceID(), want.TraceID())
-	}
-	if got.SpanID() == want.SpanID() {
-		t.Fatal("the handler runs in the producer's span itself, not in a handle span")
-	}
-	var handle sdktrace.ReadOnlySpan
-	testenv.Eventually(t, 10*time.Second, "the handle span ended", func() bool {
-		for _, s := range rec.Ended() {
-			if s.SpanContext().SpanID() == got.SpanID() {
-				handle = s
-				return true
-			}
-		}
-		return false
-	})
-	if handle.Name() != "outboxkit.inbox.handle" || handle.SpanKind() != trace.SpanKindConsumer {
-		t.Fatalf("handler span %q kind %s", handle.Name(), handle.SpanKind())
-	}
-	attrs := map[string]string{}
-	for _, a := range handle.Attributes() {
-		attrs[string(a.Key)] = a.Value.Emit()
-	}
-	if attrs["outboxkit.event_type"] != "payout.created" || attrs["outboxkit.consumer"] == "" || attrs["messaging.message.id"] == "" {
-		t.Fatalf("handle span attributes %v", attrs)
-	}
-	if p := handle.Parent(); p.SpanID() != want.SpanID() || p.TraceID() != want.TraceID() || !p.IsRemote() {
-		t.Fatalf("handle span's parent %s/%s (remote %v), want the producer's span %s/%s", p.TraceID(), p.SpanID(),
-			p.IsRemote(), want.TraceID(), want.SpanID())
-	}
-}
-
-// checkPublishLink checks that a relay publish span links to want.
-func checkPublishLink(t *testing.T, rec *tracetest.SpanRecorder, want trace.SpanContext) {
-	t.Helper()
-	for _, s := range rec.Ended() {
-		if s.Name() != "outboxkit.relay.publish" {
-			continue
-		}
-		for _, l := range s.Links() {
-			if l.SpanContext.SpanID() == want.SpanID() && l.SpanContext.TraceID() == want.TraceID() {
-				return
-			}
-		}
-	}
-	t.Fatal("no relay publish span links to the producer's span")
+	tracecheck.HandleSpan(t, rec, want, got)
+	tracecheck.PublishLink(t, rec, want)
 }
