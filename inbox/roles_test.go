@@ -30,7 +30,7 @@ func TestWorksWithTheConsumerRole(t *testing.T) {
 	if len(prefix) > 40 {
 		prefix = prefix[:40]
 	}
-	t.Cleanup(func() { dropRoles(b.db, prefix) })
+	t.Cleanup(func() { testenv.DropRoles(b.db, prefix) }) //nolint:errcheck // tidying up
 	if err := migrations.ApplyRoles(ctx, b.db.URL, nil, prefix); err != nil {
 		t.Fatal(err)
 	}
@@ -113,29 +113,5 @@ func TestWorksWithTheConsumerRole(t *testing.T) {
 	if _, err := pool.Exec(ctx, `INSERT INTO inbox.dead_letter_requests (consumer, dead_letter_id, action, requested_by, reason)
 		VALUES ('billing', 1, 'replay', 'mallory', 'self-service')`); err == nil || !strings.Contains(err.Error(), "42501") {
 		t.Errorf("the consumer role may record requests: %v", err)
-	}
-}
-
-func dropRoles(db *testenv.DB, prefix string) {
-	ctx := context.Background()
-	admin, err := pgx.Connect(ctx, testenv.AdminURL())
-	if err != nil {
-		return
-	}
-	defer admin.Close(ctx)
-	rows, _ := admin.Query(ctx, `SELECT rolname FROM pg_roles WHERE rolname LIKE $1 || '\_%'`, prefix)
-	names, _ := pgx.CollectRows(rows, pgx.RowTo[string])
-	if conn, err := pgx.Connect(ctx, db.URL); err == nil {
-		for _, n := range names {
-			conn.Exec(ctx, "DROP OWNED BY "+pgx.Identifier{n}.Sanitize()) //nolint:errcheck
-		}
-		conn.Close(ctx)
-	}
-	for _, suffix := range []bool{true, false} { // logins first, then the groups they belong to
-		for _, n := range names {
-			if strings.HasSuffix(n, "_login") == suffix {
-				admin.Exec(ctx, "DROP ROLE IF EXISTS "+pgx.Identifier{n}.Sanitize()) //nolint:errcheck
-			}
-		}
 	}
 }

@@ -49,36 +49,6 @@ func loginAs(t *testing.T, db *testenv.DB, prefix, component string) *pgxpool.Po
 	return pool
 }
 
-func dropRoles(t *testing.T, db *testenv.DB, prefix string) {
-	t.Cleanup(func() {
-		ctx := context.Background()
-		admin, err := pgx.Connect(ctx, testenv.AdminURL())
-		if err != nil {
-			return
-		}
-		defer admin.Close(ctx)
-		rows, _ := admin.Query(ctx, `SELECT rolname FROM pg_roles WHERE rolname LIKE $1 || '\_%'`, prefix)
-		names, _ := pgx.CollectRows(rows, pgx.RowTo[string])
-		// The test database is dropped after this cleanup (registered
-		// earlier), so the grants go with it; drop owned first for safety.
-		for _, n := range names {
-			conn, err := pgx.Connect(ctx, db.URL)
-			if err == nil {
-				conn.Exec(ctx, "DROP OWNED BY "+pgx.Identifier{n}.Sanitize())
-				conn.Close(ctx)
-			}
-		}
-		for _, n := range names {
-			if strings.HasSuffix(n, "_login") {
-				admin.Exec(ctx, "DROP ROLE IF EXISTS "+pgx.Identifier{n}.Sanitize())
-			}
-		}
-		for _, n := range names {
-			admin.Exec(ctx, "DROP ROLE IF EXISTS "+pgx.Identifier{n}.Sanitize())
-		}
-	})
-}
-
 func mustDeny(t *testing.T, pool *pgxpool.Pool, who, sql string, args ...any) {
 	t.Helper()
 	_, err := pool.Exec(context.Background(), sql, args...)
@@ -93,7 +63,7 @@ func TestRolesLeastPrivilege(t *testing.T) {
 	t.Parallel()
 	db := testenv.NewDB(t)
 	prefix := strings.ReplaceAll(testenv.UniqueName("okr"), "-", "_")
-	dropRoles(t, db, prefix)
+	t.Cleanup(func() { testenv.DropRoles(db, prefix) }) //nolint:errcheck // tidying up
 	ctx := context.Background()
 	if err := migrations.ApplyRoles(ctx, db.URL, nil, prefix); err != nil {
 		t.Fatal(err)

@@ -27,7 +27,7 @@ func TestWorksWithTheSweeperRole(t *testing.T) {
 	if len(prefix) > 40 {
 		prefix = prefix[:40]
 	}
-	t.Cleanup(func() { dropRoles(db, prefix) })
+	t.Cleanup(func() { testenv.DropRoles(db, prefix) }) //nolint:errcheck // tidying up
 	if err := migrations.ApplyRoles(ctx, db.URL, nil, prefix); err != nil {
 		t.Fatal(err)
 	}
@@ -104,28 +104,4 @@ func TestWorksWithTheSweeperRole(t *testing.T) {
 	}
 	start(t, s)
 	testenv.Eventually(t, 10*time.Second, "leadership as the sweeper role", s.IsLeader)
-}
-
-func dropRoles(db *testenv.DB, prefix string) {
-	ctx := context.Background()
-	admin, err := pgx.Connect(ctx, testenv.AdminURL())
-	if err != nil {
-		return
-	}
-	defer admin.Close(ctx)
-	rows, _ := admin.Query(ctx, `SELECT rolname FROM pg_roles WHERE rolname LIKE $1 || '\_%'`, prefix)
-	names, _ := pgx.CollectRows(rows, pgx.RowTo[string])
-	if conn, err := pgx.Connect(ctx, db.URL); err == nil {
-		for _, n := range names {
-			conn.Exec(ctx, "DROP OWNED BY "+pgx.Identifier{n}.Sanitize()) //nolint:errcheck
-		}
-		conn.Close(ctx)
-	}
-	for _, logins := range []bool{true, false} { // logins first, then the groups they belong to
-		for _, n := range names {
-			if strings.HasSuffix(n, "_login") == logins {
-				admin.Exec(ctx, "DROP ROLE IF EXISTS "+pgx.Identifier{n}.Sanitize()) //nolint:errcheck
-			}
-		}
-	}
 }

@@ -267,33 +267,6 @@ func loginAs(t *testing.T, db *testenv.DB, prefix, component string) (*pgxpool.P
 	return pool, u.String()
 }
 
-func dropRoles(t *testing.T, db *testenv.DB, prefix string) {
-	t.Cleanup(func() {
-		ctx := context.Background()
-		rows, err := db.Pool.Query(ctx, `SELECT rolname FROM pg_roles WHERE rolname LIKE $1 || '\_%'`, prefix)
-		if err != nil {
-			t.Errorf("roles of %s left behind: %v", prefix, err)
-			return
-		}
-		names, _ := pgx.CollectRows(rows, pgx.RowTo[string])
-		for _, n := range names {
-			db.Pool.Exec(ctx, "DROP OWNED BY "+pgx.Identifier{n}.Sanitize()) //nolint:errcheck // the role may own nothing
-		}
-		for _, n := range names { // logins first: they are members of the others
-			if strings.HasSuffix(n, "_login") {
-				db.Pool.Exec(ctx, "DROP ROLE "+pgx.Identifier{n}.Sanitize()) //nolint:errcheck
-			}
-		}
-		for _, n := range names {
-			if !strings.HasSuffix(n, "_login") {
-				if _, err := db.Pool.Exec(ctx, "DROP ROLE "+pgx.Identifier{n}.Sanitize()); err != nil {
-					t.Errorf("drop role %s: %v", n, err)
-				}
-			}
-		}
-	})
-}
-
 func isInsufficientPrivilege(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "42501"
@@ -308,7 +281,11 @@ func TestWrongDatabaseRole(t *testing.T) {
 	ctx := context.Background()
 	db := testenv.NewDB(t)
 	prefix := strings.ReplaceAll(testenv.UniqueName("okb"), "-", "_")
-	dropRoles(t, db, prefix)
+	t.Cleanup(func() {
+		if err := testenv.DropRoles(db, prefix); err != nil {
+			t.Errorf("roles of %s left behind: %v", prefix, err)
+		}
+	})
 	if err := migrations.ApplyRoles(ctx, db.URL, nil, prefix); err != nil {
 		t.Fatal(err)
 	}

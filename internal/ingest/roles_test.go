@@ -26,7 +26,7 @@ func TestRolesIngestAsConsumerActAsOperator(t *testing.T) {
 	ctx := context.Background()
 	b := newBundle(t)
 	prefix := strings.ToLower(fmt.Sprintf("okig%d_%s", os.Getpid(), strings.ReplaceAll(uuid.NewString()[:8], "-", "")))
-	t.Cleanup(func() { dropRoles(b.db, prefix) })
+	t.Cleanup(func() { testenv.DropRoles(b.db, prefix) }) //nolint:errcheck // tidying up
 	if err := migrations.ApplyRoles(ctx, b.db.URL, nil, prefix); err != nil {
 		t.Fatal(err)
 	}
@@ -87,29 +87,5 @@ func TestRolesIngestAsConsumerActAsOperator(t *testing.T) {
 	}
 	if _, err := operator.Restore(ctx, a, d); err != nil {
 		t.Fatalf("restore as operator: %v", err)
-	}
-}
-
-func dropRoles(db *testenv.DB, prefix string) {
-	ctx := context.Background()
-	admin, err := pgx.Connect(ctx, testenv.AdminURL())
-	if err != nil {
-		return
-	}
-	defer admin.Close(ctx)
-	rows, _ := admin.Query(ctx, `SELECT rolname FROM pg_roles WHERE rolname LIKE $1 || '\_%'`, prefix)
-	names, _ := pgx.CollectRows(rows, pgx.RowTo[string])
-	if conn, err := pgx.Connect(ctx, db.URL); err == nil {
-		for _, n := range names {
-			conn.Exec(ctx, "DROP OWNED BY "+pgx.Identifier{n}.Sanitize()) //nolint:errcheck
-		}
-		conn.Close(ctx)
-	}
-	for _, logins := range []bool{true, false} { // logins first, then the groups they belong to
-		for _, n := range names {
-			if strings.HasSuffix(n, "_login") == logins {
-				admin.Exec(ctx, "DROP ROLE IF EXISTS "+pgx.Identifier{n}.Sanitize()) //nolint:errcheck
-			}
-		}
 	}
 }
