@@ -18,6 +18,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/outboxkit/outboxkit/inbox"
+	"github.com/outboxkit/outboxkit/inbox/internal/adapter"
 	"github.com/outboxkit/outboxkit/internal/wire"
 )
 
@@ -174,26 +175,11 @@ func (c *Consumer) Run(ctx context.Context) error {
 		c.running = false
 		c.mu.Unlock()
 	}()
-	// A database that is down is waited for (the inbox's breaker); tables
-	// that are missing are a deployment error worth stopping for. A stop
-	// that comes while Verify runs is a stop, not an error.
-	if err := c.in.Verify(ctx); err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		if inbox.ClassOf(err) != inbox.ClassDependencyOutage {
-			return err
-		}
+	stopRequests, run, err := adapter.Start(ctx, c.in)
+	if !run {
+		return err
 	}
-	// Operator requests on this consumer's dead letters (outboxkit dlq
-	// replay, edit, drop) run here, where the handlers are.
-	reqCtx, stopRequests := context.WithCancel(ctx)
-	var requests sync.WaitGroup
-	requests.Go(func() { c.in.ServeRequests(reqCtx) }) //nolint:errcheck // it returns nil when reqCtx ends
-	defer func() {
-		stopRequests()
-		requests.Wait()
-	}()
+	defer stopRequests()
 	failures := 0
 	for {
 		connected, err := c.session(ctx)
