@@ -3,7 +3,6 @@ package inbox_test
 import (
 	"context"
 	"errors"
-	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
 	"testing"
@@ -12,56 +11,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/outboxkit/outboxkit/inbox"
+	"github.com/outboxkit/outboxkit/internal/metricscheck"
 	"github.com/outboxkit/outboxkit/internal/testenv"
 )
-
-// scrape fetches /metrics over HTTP and parses it.
-func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fams
-}
-
-// value sums the samples of a family whose labels include want (counters
-// and gauges by value, histograms by sample count).
-func value(fams map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
-	var sum float64
-	for _, m := range fams[name].GetMetric() {
-		labels := map[string]string{}
-		for _, l := range m.GetLabel() {
-			labels[l.GetName()] = l.GetValue()
-		}
-		match := true
-		for k, v := range want {
-			match = match && labels[k] == v
-		}
-		if !match {
-			continue
-		}
-		switch {
-		case m.Counter != nil:
-			sum += m.Counter.GetValue()
-		case m.Gauge != nil:
-			sum += m.Gauge.GetValue()
-		case m.Histogram != nil:
-			sum += float64(m.Histogram.GetSampleCount())
-		}
-	}
-	return sum
-}
 
 // The inbox's metrics, registered on the caller's registry and scraped over
 // HTTP, follow a handled event, a retry, a park, a duplicate and the breaker.
@@ -90,7 +44,7 @@ func TestMetricsScrapedOverHTTP(t *testing.T) {
 		}
 		return m
 	}
-	f := scrape(t, url)
+	f := metricscheck.Scrape(t, url)
 	for _, o := range []string{"applied", "duplicate", "parked", "blocked", "already_parked", "ignored", "skipped"} {
 		if _, ok := findSeries(f, "outboxkit_inbox_handled_total", with("outcome", o)); !ok {
 			t.Fatalf("no series for outcome %s before the first delivery", o)
@@ -103,11 +57,11 @@ func TestMetricsScrapedOverHTTP(t *testing.T) {
 	// Handled.
 	e1 := event("k", 1)
 	b.expect(e1.delivery(), inbox.Applied)
-	f = scrape(t, url)
-	if v := value(f, "outboxkit_inbox_handled_total", with("outcome", "applied")); v != 1 {
+	f = metricscheck.Scrape(t, url)
+	if v := metricscheck.Value(f, "outboxkit_inbox_handled_total", with("outcome", "applied")); v != 1 {
 		t.Fatalf("applied %v, want 1", v)
 	}
-	if v := value(f, "outboxkit_inbox_commit_to_consume_seconds", c); v != 1 {
+	if v := metricscheck.Value(f, "outboxkit_inbox_commit_to_consume_seconds", c); v != 1 {
 		t.Fatalf("commit_to_consume samples %v, want 1", v)
 	}
 
@@ -123,41 +77,41 @@ func TestMetricsScrapedOverHTTP(t *testing.T) {
 		return nil
 	})
 	b.expect(event("k", 2).delivery(), inbox.Applied)
-	f = scrape(t, url)
-	if v := value(f, "outboxkit_inbox_retries_total", c); v != 1 {
+	f = metricscheck.Scrape(t, url)
+	if v := metricscheck.Value(f, "outboxkit_inbox_retries_total", c); v != 1 {
 		t.Fatalf("retries %v, want 1", v)
 	}
-	if v := value(f, "outboxkit_inbox_attempt_failures_total", with("class", "transient")); v != 1 {
+	if v := metricscheck.Value(f, "outboxkit_inbox_attempt_failures_total", with("class", "transient")); v != 1 {
 		t.Fatalf("transient failures %v, want 1", v)
 	}
-	if v := value(f, "outboxkit_inbox_handled_total", with("outcome", "applied")); v != 2 {
+	if v := metricscheck.Value(f, "outboxkit_inbox_handled_total", with("outcome", "applied")); v != 2 {
 		t.Fatalf("applied %v, want 2", v)
 	}
 
 	// A park (dead letter), and the event behind it blocked.
 	b.expect(event("k", 3).delivery(), inbox.Parked)
 	b.expect(event("k", 4).delivery(), inbox.Blocked)
-	f = scrape(t, url)
-	if v := value(f, "outboxkit_inbox_dead_lettered_total", with("status", "parked", "class", "permanent")); v != 1 {
+	f = metricscheck.Scrape(t, url)
+	if v := metricscheck.Value(f, "outboxkit_inbox_dead_lettered_total", with("status", "parked", "class", "permanent")); v != 1 {
 		t.Fatalf("dead lettered (parked, permanent) %v, want 1", v)
 	}
-	if v := value(f, "outboxkit_inbox_dead_lettered_total", with("status", "blocked", "class", "permanent")); v != 1 {
+	if v := metricscheck.Value(f, "outboxkit_inbox_dead_lettered_total", with("status", "blocked", "class", "permanent")); v != 1 {
 		t.Fatalf("dead lettered (blocked) %v, want 1", v)
 	}
-	if v := value(f, "outboxkit_inbox_handled_total", with("outcome", "parked")); v != 1 {
+	if v := metricscheck.Value(f, "outboxkit_inbox_handled_total", with("outcome", "parked")); v != 1 {
 		t.Fatalf("parked %v, want 1", v)
 	}
-	if v := value(f, "outboxkit_inbox_retries_total", c); v != 1 {
+	if v := metricscheck.Value(f, "outboxkit_inbox_retries_total", c); v != 1 {
 		t.Fatalf("retries %v after a permanent failure, want still 1", v)
 	}
 
 	// A duplicate.
 	b.expect(e1.delivery(), inbox.Duplicate)
-	f = scrape(t, url)
-	if v := value(f, "outboxkit_inbox_handled_total", with("outcome", "duplicate")); v != 1 {
+	f = metricscheck.Scrape(t, url)
+	if v := metricscheck.Value(f, "outboxkit_inbox_handled_total", with("outcome", "duplicate")); v != 1 {
 		t.Fatalf("duplicates %v, want 1", v)
 	}
-	if v := value(f, "outboxkit_inbox_commit_to_consume_seconds", c); v != 2 {
+	if v := metricscheck.Value(f, "outboxkit_inbox_commit_to_consume_seconds", c); v != 2 {
 		t.Fatalf("commit_to_consume samples %v, want 2 (applied events only)", v)
 	}
 
@@ -177,26 +131,26 @@ func TestMetricsScrapedOverHTTP(t *testing.T) {
 		done <- out
 	}()
 	testenv.Eventually(t, 10*time.Second, "breaker open in the scrape", func() bool {
-		return value(scrape(t, url), "outboxkit_inbox_breaker_open", c) == 1
+		return metricscheck.Value(metricscheck.Scrape(t, url), "outboxkit_inbox_breaker_open", c) == 1
 	})
 	down.Store(false)
 	if out := <-done; out != inbox.Applied {
 		t.Fatalf("outcome %s after the outage, want applied", out)
 	}
-	f = scrape(t, url)
-	if v := value(f, "outboxkit_inbox_breaker_open", c); v != 0 {
+	f = metricscheck.Scrape(t, url)
+	if v := metricscheck.Value(f, "outboxkit_inbox_breaker_open", c); v != 0 {
 		t.Fatalf("breaker gauge %v after the probe succeeded, want 0", v)
 	}
-	if v := value(f, "outboxkit_inbox_breaker_openings_total", c); v != 1 {
+	if v := metricscheck.Value(f, "outboxkit_inbox_breaker_openings_total", c); v != 1 {
 		t.Fatalf("breaker openings %v, want 1", v)
 	}
-	if v := value(f, "outboxkit_inbox_attempt_failures_total", with("class", "dependency_outage")); v < 1 {
+	if v := metricscheck.Value(f, "outboxkit_inbox_attempt_failures_total", with("class", "dependency_outage")); v < 1 {
 		t.Fatalf("dependency_outage failures %v, want at least 1", v)
 	}
-	if v := value(f, "outboxkit_inbox_retries_total", c); v != 1 {
+	if v := metricscheck.Value(f, "outboxkit_inbox_retries_total", c); v != 1 {
 		t.Fatalf("retries %v after an outage, want still 1 (outages are not counted)", v)
 	}
-	if v := value(f, "outboxkit_inbox_handled_total", map[string]string{"consumer": "notifications"}); v != 0 {
+	if v := metricscheck.Value(f, "outboxkit_inbox_handled_total", map[string]string{"consumer": "notifications"}); v != 0 {
 		t.Fatalf("the other consumer handled %v, want 0", v)
 	}
 }
