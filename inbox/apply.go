@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/outboxkit/outboxkit/internal/failure"
+	"github.com/outboxkit/outboxkit/internal/pgutil"
 	"github.com/outboxkit/outboxkit/internal/wire"
 )
 
@@ -30,10 +31,10 @@ func (in *Inbox) attempt(ctx context.Context, m *message) (out Outcome, hErr, er
 	}
 	var inserted, inOrder, parked bool
 	if ev.Key != "" {
-		err = tx.QueryRow(hctx, in.sql.claimKeyed, in.cfg.Consumer, ev.ID, m.topic, ev.Key, ev.Sequence, m.sha[:],
+		err = tx.QueryRow(hctx, in.sql.claimKeyed, in.cfg.Consumer, pgutil.UUID(ev.ID), m.topic, ev.Key, ev.Sequence, m.sha[:],
 			in.cfg.StartLanesAtFirstSeen).Scan(&inserted, &inOrder, &parked)
 	} else {
-		err = tx.QueryRow(hctx, in.sql.claim, in.cfg.Consumer, ev.ID, m.topic, m.sha[:]).Scan(&inserted, &inOrder, &parked)
+		err = tx.QueryRow(hctx, in.sql.claim, in.cfg.Consumer, pgutil.UUID(ev.ID), m.topic, m.sha[:]).Scan(&inserted, &inOrder, &parked)
 	}
 	if err != nil {
 		rollback(tx)

@@ -6,8 +6,10 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/outboxkit/outboxkit/internal/pgutil"
 )
 
 // HandleBatch handles deliveries in order and returns one Outcome per
@@ -129,13 +131,13 @@ func inRuns(ms []*message) bool {
 func (in *Inbox) runTx(ctx context.Context, ms []*message) ([]Outcome, bool) {
 	hctx, cancel := in.handlerCtx(ctx)
 	defer cancel()
-	ids := make([]uuid.UUID, len(ms))
+	ids := make([]pgtype.UUID, len(ms))
 	topics := make([]string, len(ms))
 	keys := make([]string, len(ms))
 	seqs := make([]*int64, len(ms))
 	shas := make([][]byte, len(ms))
 	for i, m := range ms {
-		ids[i], topics[i], keys[i], shas[i] = m.ev.ID, m.topic, m.ev.Key, m.sha[:]
+		ids[i], topics[i], keys[i], shas[i] = pgutil.UUID(m.ev.ID), m.topic, m.ev.Key, m.sha[:]
 		if m.ev.Key != "" {
 			seqs[i] = &m.ev.Sequence
 		}
@@ -192,10 +194,10 @@ func (in *Inbox) batchTx(ctx context.Context, ms []*message) ([]Outcome, bool) {
 	for _, m := range ms {
 		ev := m.ev
 		if ev.Key != "" {
-			claims.Queue(in.sql.claimKeyed, in.cfg.Consumer, ev.ID, m.topic, ev.Key, ev.Sequence, m.sha[:],
+			claims.Queue(in.sql.claimKeyed, in.cfg.Consumer, pgutil.UUID(ev.ID), m.topic, ev.Key, ev.Sequence, m.sha[:],
 				in.cfg.StartLanesAtFirstSeen)
 		} else {
-			claims.Queue(in.sql.claim, in.cfg.Consumer, ev.ID, m.topic, m.sha[:])
+			claims.Queue(in.sql.claim, in.cfg.Consumer, pgutil.UUID(ev.ID), m.topic, m.sha[:])
 		}
 	}
 	outs := make([]Outcome, len(ms))
@@ -224,7 +226,7 @@ func (in *Inbox) batchTx(ctx context.Context, ms []*message) ([]Outcome, bool) {
 			// The same payload is a duplicate; another one (a conflict)
 			// needs the one-by-one path.
 			var sha []byte
-			if err := tx.QueryRow(hctx, in.sql.processedSha, in.cfg.Consumer, m.ev.ID).Scan(&sha); err != nil ||
+			if err := tx.QueryRow(hctx, in.sql.processedSha, in.cfg.Consumer, pgutil.UUID(m.ev.ID)).Scan(&sha); err != nil ||
 				!bytes.Equal(sha, m.sha[:]) {
 				return fail()
 			}

@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/outboxkit/outboxkit/internal/pgutil"
@@ -262,7 +263,7 @@ func (w *Writer) insertChunks(ctx context.Context, tx Execer, rows []row, query 
 func batchArgs(chunk []row, scheduled bool) []any {
 	n := len(chunk)
 	var (
-		ids                          = make([]uuid.UUID, n)
+		ids                          = make([]pgtype.UUID, n)
 		topics, keys, types, ctypes  = make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 		versions                     = make([]int32, n)
 		payloads                     = make([][]byte, n)
@@ -274,7 +275,7 @@ func batchArgs(chunk []row, scheduled bool) []any {
 		delays = make([]time.Duration, n)
 	}
 	for i, r := range chunk {
-		ids[i], topics[i], keys[i], types[i], versions[i] = r.id, r.topic, r.key, r.typ, r.version
+		ids[i], topics[i], keys[i], types[i], versions[i] = pgutil.UUID(r.id), r.topic, r.key, r.typ, r.version
 		payloads[i], ctypes[i], headers[i] = r.payload, r.contentType, r.headers
 		corrs[i], causes[i], tps[i], tss[i], src[i] = r.correlationID, r.causationID, r.traceparent, r.tracestate, r.source
 		if scheduled {
@@ -340,9 +341,9 @@ type row struct {
 
 func (r *row) head(withKey bool) []any {
 	if withKey {
-		return []any{r.id, r.topic, r.key}
+		return []any{pgutil.UUID(r.id), r.topic, r.key}
 	}
-	return []any{r.id, r.topic}
+	return []any{pgutil.UUID(r.id), r.topic}
 }
 
 func (r *row) common() []any {

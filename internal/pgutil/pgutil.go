@@ -1,6 +1,6 @@
 // Package pgutil holds the PostgreSQL helpers every outboxkit package shares:
-// parsing connection strings without leaking passwords, and classifying
-// server errors.
+// parsing connection strings without leaking passwords, classifying server
+// errors, and passing event ids as bind parameters cheaply.
 package pgutil
 
 import (
@@ -10,8 +10,10 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -166,4 +168,21 @@ func MissingSchemaHint(err error, schema string) error {
 		return err
 	}
 	return fmt.Errorf("%w (are the outboxkit tables installed in schema %q? run: outboxkit migrate up)", err, schema)
+}
+
+// UUID is id as a bind parameter. pgx encodes a uuid.UUID through its
+// driver.Valuer: the id is formatted as text, refused by the binary encoder
+// (an error built with fmt), parsed back and encoded again, about 3 µs and
+// 20 allocations per id, 28 times the cost of pgtype.UUID in an array of
+// 1,000 (BenchmarkUUIDParams). The hot paths pass ids through UUID and
+// UUIDs; the bytes sent are the same.
+func UUID(id uuid.UUID) pgtype.UUID { return pgtype.UUID{Bytes: id, Valid: true} }
+
+// UUIDs is ids as a uuid[] bind parameter; see UUID.
+func UUIDs(ids []uuid.UUID) []pgtype.UUID {
+	out := make([]pgtype.UUID, len(ids))
+	for i, id := range ids {
+		out[i] = UUID(id)
+	}
+	return out
 }

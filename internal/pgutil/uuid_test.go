@@ -1,0 +1,90 @@
+package pgutil_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/outboxkit/outboxkit/internal/pgutil"
+	"github.com/outboxkit/outboxkit/internal/testenv"
+)
+
+// TestUUIDParamsSendTheSameBytes: the cheap form of an id is a change of
+// speed only. The encoded bytes equal those of uuid.UUID, and PostgreSQL
+// reads the same value from both, alone and in arrays.
+func TestUUIDParamsSendTheSameBytes(t *testing.T) {
+	m := pgtype.NewMap()
+	ids := []uuid.UUID{uuid.Must(uuid.NewV7()), uuid.New(), uuid.Nil}
+	for _, id := range ids {
+		want, err := m.Encode(pgtype.UUIDOID, pgtype.BinaryFormatCode, id, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := m.Encode(pgtype.UUIDOID, pgtype.BinaryFormatCode, pgutil.UUID(id), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s: encoded %x, uuid.UUID encodes %x", id, got, want)
+		}
+	}
+	want, err := m.Encode(pgtype.UUIDArrayOID, pgtype.BinaryFormatCode, ids, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := m.Encode(pgtype.UUIDArrayOID, pgtype.BinaryFormatCode, pgutil.UUIDs(ids), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("array encoded %x, []uuid.UUID encodes %x", got, want)
+	}
+
+	db := testenv.NewDB(t)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var text string
+	var same bool
+	if err := conn.QueryRow(ctx, `SELECT $1::uuid::text, $2::uuid[] = $3::uuid[]`,
+		pgutil.UUID(ids[0]), pgutil.UUIDs(ids), ids).Scan(&text, &same); err != nil {
+		t.Fatal(err)
+	}
+	if text != ids[0].String() || !same {
+		t.Fatalf("PostgreSQL read %s (want %s), arrays equal: %v", text, ids[0], same)
+	}
+}
+
+// BenchmarkUUIDParams: encoding 1,000 ids as a uuid[] parameter, as
+// []uuid.UUID and through pgutil.UUIDs.
+func BenchmarkUUIDParams(b *testing.B) {
+	m := pgtype.NewMap()
+	ids := make([]uuid.UUID, 1000)
+	for i := range ids {
+		ids[i] = uuid.Must(uuid.NewV7())
+	}
+	for _, c := range []struct {
+		name  string
+		value func() any
+	}{
+		{"uuid.UUID", func() any { return ids }},
+		{"pgutil.UUIDs", func() any { return pgutil.UUIDs(ids) }},
+	} {
+		b.Run(fmt.Sprintf("%s/1000", c.name), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := m.Encode(pgtype.UUIDArrayOID, pgtype.BinaryFormatCode, c.value(), nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
