@@ -55,6 +55,13 @@ SELECT EXISTS (SELECT 1 FROM ins), true,
 	// batch has, and whether any event is a dead letter already. The batch
 	// is all good only when every record and every lane was taken.
 	//
+	// The records are a plain INSERT: an event recorded before fails the
+	// statement with unique_violation, and the caller handles the batch the
+	// slower way, which settles duplicates. ON CONFLICT DO NOTHING would
+	// make every record a speculative insertion, confirmed by a second
+	// write: 14 µs instead of 7 µs per record on the project machine, for a
+	// case (a redelivered batch) that is rare.
+	//
 	// The lanes are matched on their whole primary key from runs (the
 	// consumer too comes from runs, not from $1): with "l.consumer = $1",
 	// statistics taken before the consumer had many lanes (a new consumer,
@@ -66,7 +73,6 @@ SELECT EXISTS (SELECT 1 FROM ins), true,
 ), ins AS (
     INSERT INTO {{I}}.processed (consumer, event_id, topic, key, sequence, payload_sha256)
     SELECT $1, event_id, topic, key, sequence, sha FROM input
-    ON CONFLICT (consumer, event_id) DO NOTHING
     RETURNING 1
 ), runs AS (
     SELECT $1::text AS consumer, topic, key, min(sequence) AS first, max(sequence) AS last
