@@ -29,7 +29,9 @@ import (
 // inbox-batch is HandleBatch with batches of OUTBOXKIT_BENCH_BATCH (default
 // 100) events per worker, as the adapters call it under load, and
 // handler-only-batch the same handler on the same batches in plain
-// transactions.
+// transactions. floor-empty-statement is the handler alone after a SELECT 1
+// in its transaction: what one extra round trip costs, the least any inbox
+// that records the event in a statement of its own adds.
 //
 // OUTBOXKIT_BENCH_EVENTS (default 4000) events per round and variant,
 // OUTBOXKIT_BENCH_ROUNDS (default 5), OUTBOXKIT_BENCH_WORKERS (default 8).
@@ -156,6 +158,18 @@ func BenchmarkDedupCost(b *testing.B) {
 	plain := func(d inbox.Delivery) error {
 		return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return insert(ctx, tx, plainEvent(d)) })
 	}
+	// floor is the handler alone plus one statement that does no work
+	// (SELECT 1) before it: the cost of the extra round trip any inbox
+	// that records the event in its own statement pays, with nothing
+	// recorded.
+	floor := func(d inbox.Delivery) error {
+		return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `SELECT 1`); err != nil {
+				return err
+			}
+			return insert(ctx, tx, plainEvent(d))
+		})
+	}
 	viaBatch := func(part []inbox.Delivery) error {
 		outs, err := in.HandleBatch(ctx, part)
 		if err == nil && outs[0] != inbox.Applied {
@@ -171,7 +185,7 @@ func BenchmarkDedupCost(b *testing.B) {
 		run("warm-up", batch("warm-plain", true), plain)
 		for r := range rounds {
 			prefix := fmt.Sprintf("r%d", r)
-			order := []string{"handler-only", "inbox-keyed", "inbox-keyless", "handler-only-batch", "inbox-batch"}
+			order := []string{"handler-only", "inbox-keyed", "inbox-keyless", "floor-empty-statement", "handler-only-batch", "inbox-batch"}
 			if r%2 == 1 {
 				slices.Reverse(order)
 			}
@@ -183,6 +197,8 @@ func BenchmarkDedupCost(b *testing.B) {
 					results[v] = append(results[v], run(v, batch(prefix+"k", true), viaInbox))
 				case "inbox-keyless":
 					results[v] = append(results[v], run(v, batch(prefix+"u", false), viaInbox))
+				case "floor-empty-statement":
+					results[v] = append(results[v], run(v, batch(prefix+"f", true), floor))
 				case "handler-only-batch":
 					results[v] = append(results[v], runBatch(v, batch(prefix+"q", true), plainBatch))
 				case "inbox-batch":
@@ -206,6 +222,7 @@ func BenchmarkDedupCost(b *testing.B) {
 	b.ReportMetric(100*(plainBatchMed/batchMed-1), "batch-overhead-%")
 	b.ReportMetric(100*(plainMed/keyedMed-1), "keyed-overhead-%")
 	b.ReportMetric(100*(plainMed/keylessMed-1), "keyless-overhead-%")
+	b.ReportMetric(100*(plainMed/med("floor-empty-statement")-1), "floor-empty-statement-overhead-%")
 	b.Logf("workers %d, %d events per round and variant, %d rounds; rounds: %v", workers, events, rounds, results)
 }
 

@@ -48,8 +48,10 @@ func (l *latencies) report(b *testing.B) {
 func benchDB(b *testing.B, conns int32) *pgxpool.Pool {
 	db := testenv.NewDB(b)
 	ctx := context.Background()
-	if _, err := db.Pool.Exec(ctx, businessDDL); err != nil {
-		b.Fatal(err)
+	for _, ddl := range []string{businessDDL, peerTableDDL} {
+		if _, err := db.Pool.Exec(ctx, ddl); err != nil {
+			b.Fatal(err)
+		}
 	}
 	cfg, err := pgxpool.ParseConfig(db.URL)
 	if err != nil {
@@ -117,6 +119,40 @@ func queueWith(w *outbox.Writer) txShape {
 			return err
 		}
 		return tx.SendBatch(ctx, b).Close()
+	}
+}
+
+// emptyStatementWith: the business INSERT, then a statement that does no
+// work (SELECT 1). It is the floor of any design that writes the event in a
+// statement of its own: one more round trip, nothing stored.
+func emptyStatementWith() txShape {
+	return func(ctx context.Context, tx pgx.Tx, i int) error {
+		if _, err := tx.Exec(ctx, businessInsert, account(i), int64(i)); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `SELECT 1`)
+		return err
+	}
+}
+
+// peerTableDDL and peerInsert are the table and the INSERT of the
+// watermill-sql v3 publisher (DefaultPostgreSQLSchema, one message): the
+// peer the goal quotes, as a statement shape, without its library.
+const (
+	peerTableDDL = `CREATE TABLE watermill_payments ("offset" BIGSERIAL, "uuid" VARCHAR(36) NOT NULL,
+	"created_at" TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, "payload" JSON DEFAULT NULL,
+	"metadata" JSON DEFAULT NULL, "transaction_id" xid8 NOT NULL, PRIMARY KEY ("transaction_id", "offset"))`
+	peerInsert = `INSERT INTO watermill_payments (uuid, payload, metadata, transaction_id) VALUES ($1, $2, $3, pg_current_xact_id())`
+)
+
+// peerInsertWith: the business INSERT, then the peer's event INSERT.
+func peerInsertWith() txShape {
+	return func(ctx context.Context, tx pgx.Tx, i int) error {
+		if _, err := tx.Exec(ctx, businessInsert, account(i), int64(i)); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, peerInsert, fmt.Sprintf("0195f0a2-7d3c-7a52-8000-%012d", i), payload, `{"name":"transfer.created"}`)
+		return err
 	}
 }
 
@@ -206,6 +242,14 @@ func BenchmarkBusinessTx(b *testing.B) {
 		// round trip.
 		b.Run(name("queue-in-batch-relay-busy"), func(b *testing.B) {
 			runBusiness(b, producers, busyRelay, queueWith(mustWriter(b, nil)))
+		})
+		// Floors measured in the same run: an extra statement that does
+		// nothing, and the peer's one-index event INSERT.
+		b.Run(name("floor-empty-statement"), func(b *testing.B) {
+			runBusiness(b, producers, noRelay, emptyStatementWith())
+		})
+		b.Run(name("floor-peer-insert"), func(b *testing.B) {
+			runBusiness(b, producers, noRelay, peerInsertWith())
 		})
 	}
 }
