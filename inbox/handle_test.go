@@ -99,17 +99,7 @@ func TestThousandEventsThreeTimes(t *testing.T) {
 	if n := b.count(`SELECT count(*) FROM effects`); n != keys*perKey {
 		t.Fatalf("%d effects, want %d", n, keys*perKey)
 	}
-	for k := range keys {
-		got := b.effectOrder(fmt.Sprintf("acct-%d", k))
-		for i, s := range got {
-			if s != int64(i+1) {
-				t.Fatalf("key acct-%d applied in order %v", k, got)
-			}
-		}
-	}
-	if n := b.count(`SELECT count(*) FROM inbox.dead_letters`); n != 0 {
-		t.Fatalf("%d dead letters", n)
-	}
+	b.requireKeysInOrderNoDeadLetters(keys)
 }
 
 // The same event id with another payload is not skipped: it is parked as a

@@ -233,6 +233,23 @@ func (b *bundle) effectOrder(key string) []int64 {
 	return seqs
 }
 
+// requireKeysInOrderNoDeadLetters fails the test unless every key acct-0 …
+// acct-(keys-1) was applied 1, 2, 3… in order and nothing was parked.
+func (b *bundle) requireKeysInOrderNoDeadLetters(keys int) {
+	b.t.Helper()
+	for k := range keys {
+		got := b.effectOrder(fmt.Sprintf("acct-%d", k))
+		for i, s := range got {
+			if s != int64(i+1) {
+				b.t.Fatalf("key acct-%d applied in order %v", k, got)
+			}
+		}
+	}
+	if n := b.count(`SELECT count(*) FROM inbox.dead_letters`); n != 0 {
+		b.t.Fatalf("%d dead letters", n)
+	}
+}
+
 // deadLetter is a dead letter row as the tests read it.
 type deadLetter struct {
 	ID              int64

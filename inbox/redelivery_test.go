@@ -31,6 +31,15 @@ func (b *bundle) smallPool(n int32) *pgxpool.Pool {
 	return pool
 }
 
+// newOneConnBundle is a bundle whose inbox has a pool of one connection, so
+// that a connection left broken or inside a transaction shows.
+func newOneConnBundle(t *testing.T) (*bundle, *pgxpool.Pool) {
+	b := newBundle(t, nil)
+	pool := b.smallPool(1)
+	b.in = b.newInbox(pool, b.cfg)
+	return b, pool
+}
+
 // expectIdleConn: the pool's connection (its only one) is usable and not
 // left inside a transaction.
 func expectIdleConn(t *testing.T, pool *pgxpool.Pool) {
@@ -59,9 +68,7 @@ func expectIdleConn(t *testing.T, pool *pgxpool.Pool) {
 // back usable after each failed claim.
 func TestRedeliveredMixedBatchSettlesEachDeliveryOnce(t *testing.T) {
 	t.Parallel()
-	b := newBundle(t, nil)
-	pool := b.smallPool(1)
-	b.in = b.newInbox(pool, b.cfg)
+	b, pool := newOneConnBundle(t)
 	ctx := context.Background()
 
 	k1, k2, k3, kl := event("k", 1), event("k", 2), event("k", 3), event("", 0)
@@ -179,17 +186,7 @@ func TestConcurrentInstancesHandleOverlappingBatches(t *testing.T) {
 	if n := b.count(`SELECT count(DISTINCT event_id) FROM effects`); n != len(evs) {
 		t.Fatalf("%d events applied, want %d", n, len(evs))
 	}
-	for k := range keys {
-		got := b.effectOrder(fmt.Sprintf("acct-%d", k))
-		for i, s := range got {
-			if s != int64(i+1) {
-				t.Fatalf("acct-%d applied in order %v", k, got)
-			}
-		}
-	}
-	if n := b.count(`SELECT count(*) FROM inbox.dead_letters`); n != 0 {
-		t.Fatalf("%d dead letters", n)
-	}
+	b.requireKeysInOrderNoDeadLetters(keys)
 }
 
 // A batch whose claim waits for another instance's uncommitted record of
@@ -198,9 +195,7 @@ func TestConcurrentInstancesHandleOverlappingBatches(t *testing.T) {
 // record, the event is a duplicate; the others are applied once.
 func TestHandleBatchCancelledWhileClaimWaits(t *testing.T) {
 	t.Parallel()
-	b := newBundle(t, nil)
-	pool := b.smallPool(1)
-	b.in = b.newInbox(pool, b.cfg)
+	b, pool := newOneConnBundle(t)
 	ctx := context.Background()
 	e1, e2, e3 := event("k", 1), event("k", 2), event("", 0)
 	ds := []inbox.Delivery{e1.delivery(), e2.delivery(), e3.delivery()}
