@@ -174,15 +174,6 @@ func MissingSchemaHint(err error, schema string) error {
 // driver.Valuer: the id is formatted as text, refused by the binary encoder
 // (an error built with fmt), parsed back and encoded again, about 3 µs and
 // 20 allocations per id, 28 times the cost of pgtype.UUID in an array of
-// 1,000 (BenchmarkUUIDParams). The hot paths pass ids through UUID and
-// UUIDs; the bytes sent are the same.
+// 1,000 (BenchmarkUUIDParams). The hot paths pass ids, alone or in a
+// []pgtype.UUID, through UUID; the bytes sent are the same.
 func UUID(id uuid.UUID) pgtype.UUID { return pgtype.UUID{Bytes: id, Valid: true} }
-
-// UUIDs is ids as a uuid[] bind parameter; see UUID.
-func UUIDs(ids []uuid.UUID) []pgtype.UUID {
-	out := make([]pgtype.UUID, len(ids))
-	for i, id := range ids {
-		out[i] = UUID(id)
-	}
-	return out
-}
