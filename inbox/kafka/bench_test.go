@@ -6,10 +6,13 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/outboxkit/outboxkit/inbox"
@@ -17,18 +20,35 @@ import (
 	"github.com/outboxkit/outboxkit/internal/testenv"
 )
 
-// BenchmarkConsume measures events/s through the Kafka adapter and the
-// inbox, with a one-INSERT handler: records in the relay's wire format are
-// produced first (8 partitions, 1,000 keys), then a consumer group reads
-// them all; the clock runs from its start until the last event is applied.
-// Each round uses a new topic and group; the median is reported.
+// The arms of BenchmarkConsume.
+const (
+	armInbox       = "inbox"
+	armHandlerOnly = "handler-only"
+)
+
+// BenchmarkConsume measures events/s through the Kafka adapter with a
+// one-INSERT handler, and what the inbox costs, in two arms run alternately
+// in the same run. "inbox" is the adapter feeding the inbox (HandleBatch).
+// "handler-only" is the same adapter, reader, batching and offset commits
+// on the same kind of records, each batch applied by the same handler in
+// one plain transaction: no inbox record, no order guard.
+//
+// For each arm and round, records in the relay's wire format (8
+// partitions, 1,000 keys) are produced to a new topic first, then a new
+// consumer group reads them all; the clock runs from the first applied
+// event to the last. A warm-up of both arms (up to 4,000 events each) is
+// not reported. Rounds alternate which arm goes first (ABBA), so that drift
+// of the machine weighs on both. The medians of both arms are reported,
+// and the overhead, 100*(handler-only/inbox - 1): how much more time an
+// event takes through the inbox.
 //
 //	go test -run '^$' -bench Consume -benchtime 1x ./inbox/kafka/
 //
-// OUTBOXKIT_BENCH_EVENTS (default 20000), OUTBOXKIT_BENCH_ROUNDS (default 3).
+// OUTBOXKIT_BENCH_EVENTS (default 20000) events per round and arm,
+// OUTBOXKIT_BENCH_ROUNDS (default 5).
 func BenchmarkConsume(b *testing.B) {
 	events := envInt("OUTBOXKIT_BENCH_EVENTS", 20000)
-	rounds := envInt("OUTBOXKIT_BENCH_ROUNDS", 3)
+	rounds := envInt("OUTBOXKIT_BENCH_ROUNDS", 5)
 	db := testenv.NewDB(b)
 	k := testenv.NewKafka(b)
 	ctx := context.Background()
@@ -40,74 +60,168 @@ func BenchmarkConsume(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer cl.Close()
-	var rates []float64
+
+	// consume produces n records to a new topic and returns the events/s
+	// of arm consuming them as consumer group and inbox consumer name.
+	consume := func(arm, name string, n int) float64 {
+		topic := testenv.UniqueName("bench")
+		k.CreateTopic(b, topic, 8)
+		seq := map[string]int64{}
+		recs := make([]*kgo.Record, n)
+		for j := range recs {
+			key := fmt.Sprintf("payout-%d", j%1000)
+			seq[key]++
+			recs[j] = &kgo.Record{Topic: topic, Key: []byte(key), Value: []byte(`{"amount_cents":12500,"currency":"EUR"}`),
+				Headers: []kgo.RecordHeader{
+					{Key: "ce_specversion", Value: []byte("1.0")}, {Key: "ce_id", Value: []byte(uuid.Must(uuid.NewV7()).String())},
+					{Key: "ce_source", Value: []byte("/bench")}, {Key: "ce_type", Value: []byte("payout.created")},
+					{Key: "ce_time", Value: []byte("2026-11-23T10:00:00Z")}, {Key: "content-type", Value: []byte("application/json")},
+					{Key: "ce_partitionkey", Value: []byte(key)}, {Key: "ce_sequence", Value: []byte(strconv.FormatInt(seq[key], 10))},
+				}}
+		}
+		if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+			b.Fatal(err)
+		}
+		before := countLedger(b, db)
+		in, err := inbox.New(db.Pool, &inbox.Config{Consumer: name, ConsumerVersion: "bench", Logger: logger()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		in.Register("payout.created", 1, ledgerHandler)
+		c, err := kafka.New(in, consumerConfig(k.Brokers, topic, time.Second))
+		if err != nil {
+			b.Fatal(err)
+		}
+		// Progress is counted in process: counting the ledger in SQL every
+		// few milliseconds would scan a growing table on the same two
+		// cores and slow the consumer it measures.
+		applied := func() int64 { return in.Stats().Applied }
+		if arm == armHandlerOnly {
+			var committed atomic.Int64
+			applied = committed.Load
+			kafka.SetHandleBatch(c, handlerOnly(b, db.Pool, &committed))
+		}
+		rctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- c.Run(rctx) }()
+		// The clock starts at the first applied event: joining the group
+		// is not part of the throughput.
+		var start time.Time
+		first := int64(0)
+		deadline := time.Now().Add(3 * time.Minute)
+		for {
+			a := applied()
+			if a > 0 && start.IsZero() {
+				start, first = time.Now(), a
+			}
+			if a >= int64(n) || b.Failed() || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		rate := float64(int64(n)-first) / time.Since(start).Seconds()
+		cancel()
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
+		if b.Failed() {
+			b.FailNow()
+		}
+		if a := applied(); a != int64(n) {
+			b.Fatalf("%s: %d events applied of %d", arm, a, n)
+		}
+		if rows := countLedger(b, db) - before; rows != n {
+			b.Fatalf("%s: %d ledger rows for %d events", arm, rows, n)
+		}
+		return rate
+	}
+
+	rates := map[string][]float64{}
 	for i := 0; i < b.N; i++ {
+		warm := min(events, 4000)
+		consume(armInbox, "bench-warm-"+armInbox, warm)
+		consume(armHandlerOnly, "bench-warm-"+armHandlerOnly, warm)
 		for r := range rounds {
-			topic := testenv.UniqueName("bench")
-			k.CreateTopic(b, topic, 8)
-			seq := map[string]int64{}
-			recs := make([]*kgo.Record, events)
-			for j := range recs {
-				key := fmt.Sprintf("payout-%d", j%1000)
-				seq[key]++
-				recs[j] = &kgo.Record{Topic: topic, Key: []byte(key), Value: []byte(`{"amount_cents":12500,"currency":"EUR"}`),
-					Headers: []kgo.RecordHeader{
-						{Key: "ce_specversion", Value: []byte("1.0")}, {Key: "ce_id", Value: []byte(uuid.Must(uuid.NewV7()).String())},
-						{Key: "ce_source", Value: []byte("/bench")}, {Key: "ce_type", Value: []byte("payout.created")},
-						{Key: "ce_time", Value: []byte("2026-11-23T10:00:00Z")}, {Key: "content-type", Value: []byte("application/json")},
-						{Key: "ce_partitionkey", Value: []byte(key)}, {Key: "ce_sequence", Value: []byte(strconv.FormatInt(seq[key], 10))},
-					}}
+			arms := []string{armInbox, armHandlerOnly}
+			if r%2 == 1 {
+				slices.Reverse(arms)
 			}
-			if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
-				b.Fatal(err)
+			got := map[string]float64{}
+			for _, arm := range arms {
+				got[arm] = consume(arm, fmt.Sprintf("bench-%s-%d", arm, r), events)
+				rates[arm] = append(rates[arm], got[arm])
 			}
-			before := countLedger(b, db)
-			in, err := inbox.New(db.Pool, &inbox.Config{Consumer: "bench-" + strconv.Itoa(r), ConsumerVersion: "bench", Logger: logger()})
-			if err != nil {
-				b.Fatal(err)
-			}
-			in.Register("payout.created", 1, ledgerHandler)
-			cfg := consumerConfig(k.Brokers, topic, time.Second)
-			c, err := kafka.New(in, cfg)
-			if err != nil {
-				b.Fatal(err)
-			}
-			rctx, cancel := context.WithCancel(ctx)
-			done := make(chan error, 1)
-			go func() { done <- c.Run(rctx) }()
-			// The clock starts at the first applied event: joining the
-			// group is not part of the throughput. Progress is the inbox's
-			// own count of committed events: counting the ledger in SQL
-			// every few milliseconds would scan a growing table on the
-			// same two cores and slow the consumer it measures.
-			var start time.Time
-			first := 0
-			for {
-				n := int(in.Stats().Applied)
-				if n > 0 && start.IsZero() {
-					start, first = time.Now(), n
-				}
-				if n >= events {
-					break
-				}
-				time.Sleep(2 * time.Millisecond)
-			}
-			rates = append(rates, float64(events-first)/time.Since(start).Seconds())
-			cancel()
-			if err := <-done; err != nil {
-				b.Fatal(err)
-			}
-			if s := in.Stats(); s.Applied != int64(events) {
-				b.Fatalf("stats %+v", s)
-			}
-			if n := countLedger(b, db) - before; n != events {
-				b.Fatalf("%d ledger rows for %d events", n, events)
-			}
+			b.Logf("round %d (%s first): inbox %.0f events/s, handler-only %.0f events/s, overhead %+.1f%%",
+				r+1, arms[0], got[armInbox], got[armHandlerOnly], 100*(got[armHandlerOnly]/got[armInbox]-1))
 		}
 	}
-	slices.Sort(rates)
-	b.ReportMetric(rates[len(rates)/2], "events/s")
-	b.Logf("%d events per round, 8 partitions, 1000 keys; rounds (events/s, from the first applied event to the last): %.0f", events, rates)
+	inboxMed, plainMed := median(rates[armInbox]), median(rates[armHandlerOnly])
+	b.ReportMetric(inboxMed, "inbox-events/s")
+	b.ReportMetric(plainMed, "handler-only-events/s")
+	b.ReportMetric(100*(plainMed/inboxMed-1), "overhead-%")
+	b.Logf("%d events per round and arm, 8 partitions, 1000 keys, %d rounds; events/s from the first applied event to the last, in run order: inbox %.0f, handler-only %.0f",
+		events, rounds, rates[armInbox], rates[armHandlerOnly])
+}
+
+// handlerOnly settles a batch as a consumer without the inbox would: the
+// ledger handler once per record, in order, in one plain transaction, with
+// nothing read of a record but what the handler writes. applied counts the
+// events of committed transactions; an error other than the consumer's
+// stop fails the benchmark.
+func handlerOnly(b *testing.B, pool *pgxpool.Pool, applied *atomic.Int64) func(context.Context, []inbox.Delivery) ([]inbox.Outcome, error) {
+	return func(ctx context.Context, ds []inbox.Delivery) ([]inbox.Outcome, error) {
+		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			for _, d := range ds {
+				ev, err := plainEvent(d)
+				if err != nil {
+					return err
+				}
+				if err := ledgerHandler(ctx, tx, ev); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			if ctx.Err() == nil {
+				b.Errorf("handler-only: %v", err)
+			}
+			return nil, err
+		}
+		applied.Add(int64(len(ds)))
+		outs := make([]inbox.Outcome, len(ds))
+		for i := range outs {
+			outs[i] = inbox.Applied
+		}
+		return outs, nil
+	}
+}
+
+// plainEvent is the least a consumer without the inbox reads of a record:
+// the id, key and sequence the ledger row holds.
+func plainEvent(d inbox.Delivery) (*inbox.Event, error) {
+	ev := &inbox.Event{Payload: d.Payload}
+	for _, h := range d.Headers {
+		switch h.Name {
+		case "ce_id":
+			id, err := uuid.ParseBytes(h.Value)
+			if err != nil {
+				return nil, fmt.Errorf("ce_id: %w", err)
+			}
+			ev.ID = id
+		case "ce_partitionkey":
+			ev.Key = string(h.Value)
+		case "ce_sequence":
+			ev.Sequence, _ = strconv.ParseInt(string(h.Value), 10, 64)
+		}
+	}
+	return ev, nil
+}
+
+func median(xs []float64) float64 {
+	xs = slices.Clone(xs)
+	slices.Sort(xs)
+	return xs[len(xs)/2]
 }
 
 func countLedger(b *testing.B, db *testenv.DB) int {

@@ -82,6 +82,8 @@ type Consumer struct {
 	in  *inbox.Inbox
 	cfg Config
 	log *slog.Logger
+	// handleBatch is in.HandleBatch; a field for BenchmarkConsume's handler-only arm.
+	handleBatch func(context.Context, []inbox.Delivery) ([]inbox.Outcome, error)
 
 	mu      sync.Mutex
 	running bool
@@ -137,7 +139,8 @@ func New(in *inbox.Inbox, cfg Config) (*Consumer, error) {
 			return nil, bad("Topics contains an empty name")
 		}
 	}
-	return &Consumer{in: in, cfg: c, log: c.Logger.With(slog.String("consumer", in.Consumer()), slog.String("group", c.GroupID))}, nil
+	return &Consumer{in: in, cfg: c, handleBatch: in.HandleBatch,
+		log: c.Logger.With(slog.String("consumer", in.Consumer()), slog.String("group", c.GroupID))}, nil
 }
 
 // ErrAlreadyRunning is returned by Run when the Consumer runs already.
@@ -325,7 +328,7 @@ func (c *Consumer) partition(gctx context.Context, gen *kafkago.Generation, topi
 		for i := range batch {
 			ds = append(ds, delivery(&batch[i]))
 		}
-		outs, err := c.in.HandleBatch(rctx, ds)
+		outs, err := c.handleBatch(rctx, ds)
 		if len(outs) > 0 {
 			next = batch[len(outs)-1].Offset + 1
 		}
