@@ -86,6 +86,8 @@ type Consumer struct {
 	cfg Config
 	log *slog.Logger
 	url string // redacted
+	// handleBatch is in.HandleBatch; a field for BenchmarkConsume's handler-only arm.
+	handleBatch func(context.Context, []inbox.Delivery) ([]inbox.Outcome, error)
 
 	mu      sync.Mutex
 	running bool
@@ -143,7 +145,7 @@ func New(in *inbox.Inbox, cfg Config) (*Consumer, error) {
 	case c.DialTimeout < 0 || c.Heartbeat < 0 || c.ReconnectMax < 0:
 		return nil, bad("timeouts must not be negative")
 	}
-	return &Consumer{in: in, cfg: c, url: redact(c.URL),
+	return &Consumer{in: in, cfg: c, url: redact(c.URL), handleBatch: in.HandleBatch,
 		log: c.Logger.With(slog.String("consumer", in.Consumer()), slog.String("queue", c.Queue))}, nil
 }
 
@@ -349,7 +351,7 @@ func (c *Consumer) worker(ctx context.Context, lost <-chan struct{}, q <-chan am
 		for i := range batch {
 			ds = append(ds, c.delivery(&batch[i]))
 		}
-		outs, err := c.in.HandleBatch(ctx, ds)
+		outs, err := c.handleBatch(ctx, ds)
 		for i := range outs {
 			if aerr := batch[i].Ack(false); aerr != nil {
 				// The channel is gone: the broker delivers it again and
