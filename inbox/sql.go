@@ -84,9 +84,9 @@ SELECT EXISTS (SELECT 1 FROM ins), true,
     RETURNING 1
 ), new AS (
     INSERT INTO {{I}}.lanes (consumer, topic, key, last_sequence)
-    SELECT $1, r.topic, r.key, r.last FROM runs r
+    SELECT r.consumer, r.topic, r.key, r.last FROM runs r
      WHERE (r.first = 1 OR $7::boolean)
-       AND NOT EXISTS (SELECT 1 FROM {{I}}.lanes l WHERE l.consumer = $1 AND l.topic = r.topic AND l.key = r.key)
+       AND NOT EXISTS (SELECT 1 FROM {{I}}.lanes l WHERE l.consumer = r.consumer AND l.topic = r.topic AND l.key = r.key)
     ON CONFLICT (consumer, topic, key) DO NOTHING
     RETURNING 1
 )
