@@ -4,26 +4,18 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"slices"
 	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/outboxkit/outboxkit/inbox"
 	"github.com/outboxkit/outboxkit/inbox/kafka"
+	"github.com/outboxkit/outboxkit/internal/consumebench"
 	"github.com/outboxkit/outboxkit/internal/testenv"
-)
-
-// The arms of BenchmarkConsume.
-const (
-	armInbox       = "inbox"
-	armHandlerOnly = "handler-only"
 )
 
 // BenchmarkConsume measures events/s through the Kafka adapter with a
@@ -96,10 +88,10 @@ func BenchmarkConsume(b *testing.B) {
 		// few milliseconds would scan a growing table on the same two
 		// cores and slow the consumer it measures.
 		applied := func() int64 { return in.Stats().Applied }
-		if arm == armHandlerOnly {
+		if arm == consumebench.ArmHandlerOnly {
 			var committed atomic.Int64
 			applied = committed.Load
-			kafka.SetHandleBatch(c, handlerOnly(b, db.Pool, &committed))
+			kafka.SetHandleBatch(c, consumebench.HandlerOnly(b, db.Pool, "ce_", ledgerHandler, &committed))
 		}
 		rctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
@@ -136,92 +128,7 @@ func BenchmarkConsume(b *testing.B) {
 		return rate
 	}
 
-	rates := map[string][]float64{}
-	for i := 0; i < b.N; i++ {
-		warm := min(events, 4000)
-		consume(armInbox, "bench-warm-"+armInbox, warm)
-		consume(armHandlerOnly, "bench-warm-"+armHandlerOnly, warm)
-		for r := range rounds {
-			arms := []string{armInbox, armHandlerOnly}
-			if r%2 == 1 {
-				slices.Reverse(arms)
-			}
-			got := map[string]float64{}
-			for _, arm := range arms {
-				got[arm] = consume(arm, fmt.Sprintf("bench-%s-%d", arm, r), events)
-				rates[arm] = append(rates[arm], got[arm])
-			}
-			b.Logf("round %d (%s first): inbox %.0f events/s, handler-only %.0f events/s, overhead %+.1f%%",
-				r+1, arms[0], got[armInbox], got[armHandlerOnly], 100*(got[armHandlerOnly]/got[armInbox]-1))
-		}
-	}
-	inboxMed, plainMed := median(rates[armInbox]), median(rates[armHandlerOnly])
-	b.ReportMetric(inboxMed, "inbox-events/s")
-	b.ReportMetric(plainMed, "handler-only-events/s")
-	b.ReportMetric(100*(plainMed/inboxMed-1), "overhead-%")
-	b.Logf("%d events per round and arm, 8 partitions, 1000 keys, %d rounds; events/s from the first applied event to the last, in run order: inbox %.0f, handler-only %.0f",
-		events, rounds, rates[armInbox], rates[armHandlerOnly])
-}
-
-// handlerOnly settles a batch as a consumer without the inbox would: the
-// ledger handler once per record, in order, in one plain transaction, with
-// nothing read of a record but what the handler writes. applied counts the
-// events of committed transactions; an error other than the consumer's
-// stop fails the benchmark.
-func handlerOnly(b *testing.B, pool *pgxpool.Pool, applied *atomic.Int64) func(context.Context, []inbox.Delivery) ([]inbox.Outcome, error) {
-	return func(ctx context.Context, ds []inbox.Delivery) ([]inbox.Outcome, error) {
-		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-			for _, d := range ds {
-				ev, err := plainEvent(d)
-				if err != nil {
-					return err
-				}
-				if err := ledgerHandler(ctx, tx, ev); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			if ctx.Err() == nil {
-				b.Errorf("handler-only: %v", err)
-			}
-			return nil, err
-		}
-		applied.Add(int64(len(ds)))
-		outs := make([]inbox.Outcome, len(ds))
-		for i := range outs {
-			outs[i] = inbox.Applied
-		}
-		return outs, nil
-	}
-}
-
-// plainEvent is the least a consumer without the inbox reads of a record:
-// the id, key and sequence the ledger row holds.
-func plainEvent(d inbox.Delivery) (*inbox.Event, error) {
-	ev := &inbox.Event{Payload: d.Payload}
-	for _, h := range d.Headers {
-		switch h.Name {
-		case "ce_id":
-			id, err := uuid.ParseBytes(h.Value)
-			if err != nil {
-				return nil, fmt.Errorf("ce_id: %w", err)
-			}
-			ev.ID = id
-		case "ce_partitionkey":
-			ev.Key = string(h.Value)
-		case "ce_sequence":
-			ev.Sequence, _ = strconv.ParseInt(string(h.Value), 10, 64)
-		}
-	}
-	return ev, nil
-}
-
-func median(xs []float64) float64 {
-	xs = slices.Clone(xs)
-	slices.Sort(xs)
-	return xs[len(xs)/2]
+	consumebench.Run(b, events, rounds, "8 partitions, 1000 keys", consume)
 }
 
 func countLedger(b *testing.B, db *testenv.DB) int {

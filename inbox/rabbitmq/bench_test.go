@@ -4,26 +4,18 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"slices"
 	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/outboxkit/outboxkit/inbox"
 	"github.com/outboxkit/outboxkit/inbox/rabbitmq"
+	"github.com/outboxkit/outboxkit/internal/consumebench"
 	"github.com/outboxkit/outboxkit/internal/testenv"
-)
-
-// The arms of BenchmarkConsume.
-const (
-	armInbox       = "inbox"
-	armHandlerOnly = "handler-only"
 )
 
 // BenchmarkConsume measures events/s through the RabbitMQ adapter with a
@@ -101,10 +93,10 @@ func BenchmarkConsume(b *testing.B) {
 		// few milliseconds would scan a growing table on the same cores as
 		// the consumer it measures.
 		applied := func() int64 { return in.Stats().Applied }
-		if arm == armHandlerOnly {
+		if arm == consumebench.ArmHandlerOnly {
 			var committed atomic.Int64
 			applied = committed.Load
-			rabbitmq.SetHandleBatch(c, handlerOnly(b, db.Pool, &committed))
+			rabbitmq.SetHandleBatch(c, consumebench.HandlerOnly(b, db.Pool, "cloudEvents:", ledgerHandler, &committed))
 		}
 		rctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
@@ -139,92 +131,7 @@ func BenchmarkConsume(b *testing.B) {
 		return rate
 	}
 
-	rates := map[string][]float64{}
-	for i := 0; i < b.N; i++ {
-		warm := min(events, 4000)
-		consume(armInbox, "bench-warm-"+armInbox, warm)
-		consume(armHandlerOnly, "bench-warm-"+armHandlerOnly, warm)
-		for r := range rounds {
-			arms := []string{armInbox, armHandlerOnly}
-			if r%2 == 1 {
-				slices.Reverse(arms)
-			}
-			got := map[string]float64{}
-			for _, arm := range arms {
-				got[arm] = consume(arm, fmt.Sprintf("bench-%s-%d", arm, r), events)
-				rates[arm] = append(rates[arm], got[arm])
-			}
-			b.Logf("round %d (%s first): inbox %.0f events/s, handler-only %.0f events/s, overhead %+.1f%%",
-				r+1, arms[0], got[armInbox], got[armHandlerOnly], 100*(got[armHandlerOnly]/got[armInbox]-1))
-		}
-	}
-	inboxMed, plainMed := median(rates[armInbox]), median(rates[armHandlerOnly])
-	b.ReportMetric(inboxMed, "inbox-events/s")
-	b.ReportMetric(plainMed, "handler-only-events/s")
-	b.ReportMetric(100*(plainMed/inboxMed-1), "overhead-%")
-	b.Logf("%d events per round and arm, 1000 keys, default Prefetch/Workers/BatchSize, %d rounds; events/s from the first applied event to the last, in run order: inbox %.0f, handler-only %.0f",
-		events, rounds, rates[armInbox], rates[armHandlerOnly])
-}
-
-// handlerOnly settles a batch as a consumer without the inbox would: the
-// ledger handler once per delivery, in order, in one plain transaction,
-// with nothing read of a delivery but what the handler writes. applied
-// counts the events of committed transactions; an error other than the
-// consumer's stop fails the benchmark.
-func handlerOnly(b *testing.B, pool *pgxpool.Pool, applied *atomic.Int64) func(context.Context, []inbox.Delivery) ([]inbox.Outcome, error) {
-	return func(ctx context.Context, ds []inbox.Delivery) ([]inbox.Outcome, error) {
-		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-			for _, d := range ds {
-				ev, err := plainEvent(d)
-				if err != nil {
-					return err
-				}
-				if err := ledgerHandler(ctx, tx, ev); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			if ctx.Err() == nil {
-				b.Errorf("handler-only: %v", err)
-			}
-			return nil, err
-		}
-		applied.Add(int64(len(ds)))
-		outs := make([]inbox.Outcome, len(ds))
-		for i := range outs {
-			outs[i] = inbox.Applied
-		}
-		return outs, nil
-	}
-}
-
-// plainEvent is the least a consumer without the inbox reads of a
-// delivery: the id, key and sequence the ledger row holds.
-func plainEvent(d inbox.Delivery) (*inbox.Event, error) {
-	ev := &inbox.Event{Payload: d.Payload}
-	for _, h := range d.Headers {
-		switch h.Name {
-		case "cloudEvents:id":
-			id, err := uuid.ParseBytes(h.Value)
-			if err != nil {
-				return nil, fmt.Errorf("cloudEvents:id: %w", err)
-			}
-			ev.ID = id
-		case "cloudEvents:partitionkey":
-			ev.Key = string(h.Value)
-		case "cloudEvents:sequence":
-			ev.Sequence, _ = strconv.ParseInt(string(h.Value), 10, 64)
-		}
-	}
-	return ev, nil
-}
-
-func median(xs []float64) float64 {
-	xs = slices.Clone(xs)
-	slices.Sort(xs)
-	return xs[len(xs)/2]
+	consumebench.Run(b, events, rounds, "1000 keys, default Prefetch/Workers/BatchSize", consume)
 }
 
 func envInt(name string, def int) int {
