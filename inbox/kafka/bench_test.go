@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -74,7 +73,6 @@ func BenchmarkConsume(b *testing.B) {
 		if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
 			b.Fatal(err)
 		}
-		before := countLedger(b, db)
 		in, err := inbox.New(db.Pool, &inbox.Config{Consumer: name, ConsumerVersion: "bench", Logger: logger()})
 		if err != nil {
 			b.Fatal(err)
@@ -84,48 +82,9 @@ func BenchmarkConsume(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		// Progress is counted in process: counting the ledger in SQL every
-		// few milliseconds would scan a growing table on the same two
-		// cores and slow the consumer it measures.
-		applied := func() int64 { return in.Stats().Applied }
-		if arm == consumebench.ArmHandlerOnly {
-			var committed atomic.Int64
-			applied = committed.Load
-			kafka.SetHandleBatch(c, consumebench.HandlerOnly(b, db.Pool, "ce_", ledgerHandler, &committed))
-		}
-		rctx, cancel := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- c.Run(rctx) }()
-		// The clock starts at the first applied event: joining the group
-		// is not part of the throughput.
-		var start time.Time
-		first := int64(0)
-		deadline := time.Now().Add(3 * time.Minute)
-		for {
-			a := applied()
-			if a > 0 && start.IsZero() {
-				start, first = time.Now(), a
-			}
-			if a >= int64(n) || b.Failed() || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(2 * time.Millisecond)
-		}
-		rate := float64(int64(n)-first) / time.Since(start).Seconds()
-		cancel()
-		if err := <-done; err != nil {
-			b.Fatal(err)
-		}
-		if b.Failed() {
-			b.FailNow()
-		}
-		if a := applied(); a != int64(n) {
-			b.Fatalf("%s: %d events applied of %d", arm, a, n)
-		}
-		if rows := countLedger(b, db) - before; rows != n {
-			b.Fatalf("%s: %d ledger rows for %d events", arm, rows, n)
-		}
-		return rate
+		return consumebench.Measure(b, arm, n, in, db.Pool, "ce_", ledgerHandler,
+			func(f consumebench.HandleBatch) { kafka.SetHandleBatch(c, f) }, c.Run,
+			func() int { return countLedger(b, db) })
 	}
 
 	consumebench.Run(b, events, rounds, "8 partitions, 1000 keys", consume)

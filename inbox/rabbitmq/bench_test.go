@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -79,7 +78,6 @@ func BenchmarkConsume(b *testing.B) {
 			q, err := ch.QueueDeclarePassive(queue, false, false, false, false, nil)
 			return err == nil && q.Messages == n
 		})
-		before := count(b, db.Pool, `SELECT count(*) FROM ledger`)
 		in, err := inbox.New(db.Pool, &inbox.Config{Consumer: name, ConsumerVersion: "bench", Logger: logger()})
 		if err != nil {
 			b.Fatal(err)
@@ -89,46 +87,9 @@ func BenchmarkConsume(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		// Progress is counted in process: a count(*) of the ledger every
-		// few milliseconds would scan a growing table on the same cores as
-		// the consumer it measures.
-		applied := func() int64 { return in.Stats().Applied }
-		if arm == consumebench.ArmHandlerOnly {
-			var committed atomic.Int64
-			applied = committed.Load
-			rabbitmq.SetHandleBatch(c, consumebench.HandlerOnly(b, db.Pool, "cloudEvents:", ledgerHandler, &committed))
-		}
-		rctx, cancel := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- c.Run(rctx) }()
-		var start time.Time
-		first := int64(0)
-		deadline := time.Now().Add(3 * time.Minute)
-		for {
-			a := applied()
-			if a > 0 && start.IsZero() {
-				start, first = time.Now(), a
-			}
-			if a >= int64(n) || b.Failed() || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(2 * time.Millisecond)
-		}
-		rate := float64(int64(n)-first) / time.Since(start).Seconds()
-		cancel()
-		if err := <-done; err != nil {
-			b.Fatal(err)
-		}
-		if b.Failed() {
-			b.FailNow()
-		}
-		if a := applied(); a != int64(n) {
-			b.Fatalf("%s: %d events applied of %d", arm, a, n)
-		}
-		if rows := count(b, db.Pool, `SELECT count(*) FROM ledger`) - before; rows != n {
-			b.Fatalf("%s: %d ledger rows for %d events", arm, rows, n)
-		}
-		return rate
+		return consumebench.Measure(b, arm, n, in, db.Pool, "cloudEvents:", ledgerHandler,
+			func(f consumebench.HandleBatch) { rabbitmq.SetHandleBatch(c, f) }, c.Run,
+			func() int { return count(b, db.Pool, `SELECT count(*) FROM ledger`) })
 	}
 
 	consumebench.Run(b, events, rounds, "1000 keys, default Prefetch/Workers/BatchSize", consume)

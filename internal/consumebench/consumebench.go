@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -27,6 +28,10 @@ const (
 	// HandlerOnly: no inbox record, no order guard.
 	ArmHandlerOnly = "handler-only"
 )
+
+// HandleBatch is what an adapter settles a batch with: the inbox's
+// HandleBatch, or HandlerOnly.
+type HandleBatch = func(context.Context, []inbox.Delivery) ([]inbox.Outcome, error)
 
 // Consume runs one arm over n new events, as consumer (and group or queue)
 // name, and returns its events/s.
@@ -71,7 +76,7 @@ func Run(b *testing.B, events, rounds int, setup string, consume Consume) {
 // "ce_" on Kafka, "cloudEvents:" on AMQP). applied counts the events of
 // committed transactions; an error other than the consumer's stop fails the
 // benchmark.
-func HandlerOnly(b *testing.B, pool *pgxpool.Pool, prefix string, handler inbox.Handler, applied *atomic.Int64) func(context.Context, []inbox.Delivery) ([]inbox.Outcome, error) {
+func HandlerOnly(b *testing.B, pool *pgxpool.Pool, prefix string, handler inbox.Handler, applied *atomic.Int64) HandleBatch {
 	return func(ctx context.Context, ds []inbox.Delivery) ([]inbox.Outcome, error) {
 		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 			for _, d := range ds {
@@ -125,4 +130,56 @@ func median(xs []float64) float64 {
 	xs = slices.Clone(xs)
 	slices.Sort(xs)
 	return xs[len(xs)/2]
+}
+
+// Measure runs one arm of a consumer over n events and returns its events/s:
+// run is the adapter's Run (with the inbox in), setHandleBatch its seam for
+// the handler-only arm, ledgerRows counts the handler's rows. The clock
+// runs from the first applied event (joining a group or starting to
+// consume is not throughput) to the n-th; afterwards exactly n events must
+// be applied and n ledger rows written.
+func Measure(b *testing.B, arm string, n int, in *inbox.Inbox, pool *pgxpool.Pool, prefix string, handler inbox.Handler,
+	setHandleBatch func(HandleBatch), run func(context.Context) error,
+	ledgerRows func() int) float64 {
+	before := ledgerRows()
+	// Progress is counted in process: a count(*) of the ledger every few
+	// milliseconds would scan a growing table on the same cores as the
+	// consumer it measures.
+	applied := func() int64 { return in.Stats().Applied }
+	if arm == ArmHandlerOnly {
+		var committed atomic.Int64
+		applied = committed.Load
+		setHandleBatch(HandlerOnly(b, pool, prefix, handler, &committed))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	var start time.Time
+	first := int64(0)
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		a := applied()
+		if a > 0 && start.IsZero() {
+			start, first = time.Now(), a
+		}
+		if a >= int64(n) || b.Failed() || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	rate := float64(int64(n)-first) / time.Since(start).Seconds()
+	cancel()
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	if b.Failed() {
+		b.FailNow()
+	}
+	if a := applied(); a != int64(n) {
+		b.Fatalf("%s: %d events applied of %d", arm, a, n)
+	}
+	if rows := ledgerRows() - before; rows != n {
+		b.Fatalf("%s: %d ledger rows for %d events", arm, rows, n)
+	}
+	return rate
 }
