@@ -232,3 +232,61 @@ func TestHandleBatchCancelledWhileClaimWaits(t *testing.T) {
 	}
 	expectIdleConn(t, pool)
 }
+
+// HandleBatch with dead letters of several consumers: an event parked or
+// dropped for this consumer is left alone (already_parked, its handler never
+// run), while one parked only for another consumer (keyed or not), or whose
+// dead letter of this consumer is closed, is applied once, in its key's
+// order. Open dead letters of this consumer for other events (one without an
+// event id, as a malformed delivery leaves) hold nothing back.
+func TestHandleBatchSeesOnlyThisConsumersOpenDeadLetters(t *testing.T) {
+	t.Parallel()
+	b := newBundle(t, nil)
+	ctx := context.Background()
+	dl := func(consumer string, id *uuid.UUID, status string) {
+		t.Helper()
+		if _, err := b.db.Pool.Exec(ctx, `INSERT INTO inbox.dead_letters (consumer, consumer_version, event_id, topic, payload,
+			error, error_class, attempts, status, first_failed_at, last_failed_at)
+			VALUES ($1, 'v1', $2, 'payments', '\x00', 'boom', 'permanent', 1, $3, now(), now())`, consumer, id, status); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a1, mine, theirs, a2, dropped, closed, kl := event("acct", 1), event("", 0), event("", 0), event("acct", 2),
+		event("", 0), event("", 0), event("", 0)
+	a3, theirs2, a4 := event("acct", 3), event("", 0), event("acct", 4)
+	dl("billing", &mine.id, "parked")
+	dl("billing", &dropped.id, "dropped")
+	dl("billing", nil, "parked")
+	dl("reporting", &theirs.id, "parked")
+	dl("reporting", &theirs.id, "dropped")
+	dl("reporting", &a2.id, "parked")
+	dl("reporting", &theirs2.id, "parked")
+	dl("reporting", &closed.id, "parked")
+	dl("billing", &closed.id, "resolved") // not open: the claims read the status only
+
+	outs, err := b.in.HandleBatch(ctx, []inbox.Delivery{a1.delivery(), mine.delivery(), theirs.delivery(), a2.delivery(),
+		dropped.delivery(), closed.delivery(), kl.delivery()})
+	if err != nil || fmt.Sprint(outs) != "[applied already_parked applied applied already_parked applied applied]" {
+		t.Fatalf("batch with a parked event: %v %v", outs, err)
+	}
+	// Nothing of this batch is open for billing, though billing has open dead
+	// letters (TestClaimsParkedAnswer checks the batch claim says so itself).
+	outs, err = b.in.HandleBatch(ctx, []inbox.Delivery{a3.delivery(), theirs2.delivery(), a4.delivery()})
+	if err != nil || fmt.Sprint(outs) != "[applied applied applied]" {
+		t.Fatalf("batch parked only for another consumer: %v %v", outs, err)
+	}
+	for _, e := range []testEvent{a1, theirs, a2, closed, kl, a3, theirs2, a4} {
+		if n := b.count(`SELECT count(*) FROM effects WHERE event_id = $1`, e.id); n != 1 {
+			t.Fatalf("event %s applied %d times", e.id, n)
+		}
+	}
+	if n := b.count(`SELECT count(*) FROM effects WHERE event_id IN ($1, $2)`, mine.id, dropped.id); n != 0 || b.calls.Load() != 8 {
+		t.Fatalf("parked events applied %d times; %d handler calls, want 8", n, b.calls.Load())
+	}
+	if got := fmt.Sprint(b.effectOrder("acct")); got != "[1 2 3 4]" {
+		t.Fatalf("acct applied %s", got)
+	}
+	if n := b.count(`SELECT count(*) FROM inbox.dead_letters`); n != 9 {
+		t.Fatalf("%d dead letters, want the 9 of the setup", n)
+	}
+}
