@@ -36,14 +36,7 @@ func TestClaimRunPlanLooksLanesUpByKey(t *testing.T) {
 		}
 	}
 	stmts := renderStatements(`"inbox"`, `"outbox"`)
-	const n = 100
-	ids := make([]uuid.UUID, n)
-	topics, keys := make([]string, n), make([]string, n)
-	seqs := make([]int64, n)
-	shas := make([][]byte, n)
-	for i := range n {
-		ids[i], topics[i], keys[i], seqs[i], shas[i] = uuid.New(), "payouts", "k"+string(rune('a'+i%26))+strings.Repeat("x", i/26), 2, make([]byte, 32)
-	}
+	ids, topics, keys, seqs, shas := planBatch(2)
 	rows, err := db.Pool.Query(ctx, "EXPLAIN "+stmts.claimRun, "billing", ids, topics, keys, seqs, shas, false)
 	if err != nil {
 		t.Fatal(err)
@@ -70,6 +63,20 @@ func TestClaimRunPlanLooksLanesUpByKey(t *testing.T) {
 	if strings.Contains(ins, "Bitmap Heap Scan on lanes") || strings.Contains(ins, "Index Cond: (consumer = ") {
 		t.Errorf("the lane insert reads every lane of the consumer:\n%s", plan)
 	}
+}
+
+// planBatch is a batch claim's arguments for 100 events of 100 keys on
+// topic payouts, each at sequence seq.
+func planBatch(seq int64) (ids []uuid.UUID, topics, keys []string, seqs []int64, shas [][]byte) {
+	const n = 100
+	ids = make([]uuid.UUID, n)
+	topics, keys = make([]string, n), make([]string, n)
+	seqs = make([]int64, n)
+	shas = make([][]byte, n)
+	for i := range n {
+		ids[i], topics[i], keys[i], seqs[i], shas[i] = uuid.New(), "payouts", "k"+string(rune('a'+i%26))+strings.Repeat("x", i/26), seq, make([]byte, 32)
+	}
+	return ids, topics, keys, seqs, shas
 }
 
 // planRows finds the rows an EXPLAIN ANALYZE node produced or filtered out.
@@ -104,13 +111,7 @@ func TestClaimPlansLookDeadLettersUpByEvent(t *testing.T) {
 	}
 	stmts := renderStatements(`"inbox"`, `"outbox"`)
 	const n = 100
-	ids := make([]uuid.UUID, n)
-	topics, keys := make([]string, n), make([]string, n)
-	seqs := make([]int64, n)
-	shas := make([][]byte, n)
-	for i := range n {
-		ids[i], topics[i], keys[i], seqs[i], shas[i] = uuid.New(), "payouts", "k"+string(rune('a'+i%26))+strings.Repeat("x", i/26), 1, make([]byte, 32)
-	}
+	ids, topics, keys, seqs, shas := planBatch(1)
 	conn, err := db.Pool.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
