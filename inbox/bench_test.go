@@ -36,6 +36,8 @@ import (
 // that records the event in a statement of its own adds.
 // floor-processed-batch is handler-only-batch plus one INSERT of a row per
 // event into inbox.processed: the least the batched path can add.
+// floor-processed-lanes-batch adds the lanes' update to that statement: the
+// least with the per-key order guard.
 //
 // OUTBOXKIT_BENCH_EVENTS (default 4000) events per round and variant,
 // OUTBOXKIT_BENCH_ROUNDS (default 5), OUTBOXKIT_BENCH_WORKERS (default 8),
@@ -139,26 +141,61 @@ func BenchmarkDedupCost(b *testing.B) {
 	// (its required columns only, a constant fingerprint), no lanes, no
 	// dead-letter check, no decoding. No inbox that records each event in
 	// inbox.processed, as the contract requires, adds less.
+	// floorLanesBatch adds to that statement the order guard's least: the
+	// lane of each key of the batch moved to its last sequence (started
+	// for a key's first event).
 	sha := make([]byte, 32)
-	floorBatch := func(part []inbox.Delivery) error {
-		evs := make([]*inbox.Event, len(part))
-		ids := make([]pgtype.UUID, len(part))
-		for i, d := range part {
-			evs[i] = plainEvent(d)
-			ids[i] = pgtype.UUID{Bytes: evs[i].ID, Valid: true}
-		}
-		return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, `INSERT INTO inbox.processed (consumer, event_id, topic, payload_sha256)
-SELECT 'bench-floor', id, 'bench', $2 FROM unnest($1::uuid[]) AS t(id)`, ids, sha); err != nil {
-				return err
+	floorWith := func(lanes bool) func(part []inbox.Delivery) error {
+		return func(part []inbox.Delivery) error {
+			evs := make([]*inbox.Event, len(part))
+			ids := make([]pgtype.UUID, len(part))
+			keys := make([]string, len(part))
+			seqs := make([]int64, len(part))
+			for i, d := range part {
+				evs[i] = plainEvent(d)
+				ids[i] = pgtype.UUID{Bytes: evs[i].ID, Valid: true}
+				keys[i], seqs[i] = evs[i].Key, evs[i].Sequence
 			}
-			for _, ev := range evs {
-				if err := insert(ctx, tx, ev); err != nil {
+			return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+				var err error
+				if lanes {
+					var inserted, moved int
+					err = tx.QueryRow(ctx, `WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $3::text[], $4::bigint[]) AS t(id, key, seq)
+), ins AS (
+    INSERT INTO inbox.processed (consumer, event_id, topic, payload_sha256)
+    SELECT 'bench-floor-lanes', id, 'bench', $2 FROM input RETURNING 1
+), runs AS (
+    SELECT 'bench-floor-lanes'::text AS consumer, key, min(seq) AS first, max(seq) AS last FROM input GROUP BY key
+), upd AS (
+    UPDATE inbox.lanes l SET last_sequence = r.last, updated_at = now() FROM runs r
+     WHERE l.consumer = r.consumer AND l.topic = 'bench' AND l.key = r.key AND l.last_sequence = r.first - 1
+    RETURNING 1
+), new AS (
+    INSERT INTO inbox.lanes (consumer, topic, key, last_sequence)
+    SELECT r.consumer, 'bench', r.key, r.last FROM runs r WHERE r.first = 1
+    ON CONFLICT (consumer, topic, key) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd) + (SELECT count(*) FROM new)`, ids, sha, keys, seqs).Scan(&inserted, &moved)
+					if err == nil && (inserted != len(part) || moved != len(slices.Compact(slices.Sorted(slices.Values(keys))))) {
+						err = fmt.Errorf("floor with lanes: %d records and %d lanes for %d events", inserted, moved, len(part))
+					}
+				} else {
+					_, err = tx.Exec(ctx, `INSERT INTO inbox.processed (consumer, event_id, topic, payload_sha256)
+SELECT 'bench-floor', id, 'bench', $2 FROM unnest($1::uuid[]) AS t(id)`, ids, sha)
+				}
+				if err != nil {
 					return err
 				}
-			}
-			return nil
-		})
+				for _, ev := range evs {
+					if err := insert(ctx, tx, ev); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		}
 	}
 	runBatch := func(name string, ds [][]inbox.Delivery, handleBatch func([]inbox.Delivery) error) float64 {
 		start := time.Now()
@@ -226,7 +263,7 @@ SELECT 'bench-floor', id, 'bench', $2 FROM unnest($1::uuid[]) AS t(id)`, ids, sh
 		runBatch("warm-up", batch("warm-batch", true, warm), viaBatch)
 		for r := range rounds {
 			prefix := fmt.Sprintf("r%d", r)
-			order := []string{"handler-only", "inbox-keyed", "inbox-keyless", "floor-empty-statement", "handler-only-batch", "inbox-batch", "floor-processed-batch"}
+			order := []string{"handler-only", "inbox-keyed", "inbox-keyless", "floor-empty-statement", "handler-only-batch", "inbox-batch", "floor-processed-batch", "floor-processed-lanes-batch"}
 			if only := os.Getenv("OUTBOXKIT_BENCH_VARIANTS"); only != "" {
 				order = slices.DeleteFunc(order, func(v string) bool { return !slices.Contains(strings.Split(only, ","), v) })
 			}
@@ -248,7 +285,9 @@ SELECT 'bench-floor', id, 'bench', $2 FROM unnest($1::uuid[]) AS t(id)`, ids, sh
 				case "inbox-batch":
 					results[v] = append(results[v], runBatch(v, batch(prefix+"b", true, events), viaBatch))
 				case "floor-processed-batch":
-					results[v] = append(results[v], runBatch(v, batch(prefix+"g", true, events), floorBatch))
+					results[v] = append(results[v], runBatch(v, batch(prefix+"g", true, events), floorWith(false)))
+				case "floor-processed-lanes-batch":
+					results[v] = append(results[v], runBatch(v, batch(prefix+"h", true, events), floorWith(true)))
 				}
 			}
 		}
@@ -275,6 +314,7 @@ SELECT 'bench-floor', id, 'bench', $2 FROM unnest($1::uuid[]) AS t(id)`, ids, sh
 	overhead("keyless-overhead-%", "handler-only", "inbox-keyless")
 	overhead("floor-empty-statement-overhead-%", "handler-only", "floor-empty-statement")
 	overhead("floor-processed-batch-overhead-%", "handler-only-batch", "floor-processed-batch")
+	overhead("floor-processed-lanes-batch-overhead-%", "handler-only-batch", "floor-processed-lanes-batch")
 	b.Logf("workers %d, %d events per round and variant, %d rounds; rounds: %v", workers, events, rounds, results)
 }
 
