@@ -45,12 +45,7 @@ func TestClaimsParkedAnswer(t *testing.T) {
 		if r.status == "blocked" {
 			blockedBy = &head
 		}
-		if err := db.Pool.QueryRow(ctx, `INSERT INTO inbox.dead_letters (consumer, consumer_version, event_id, topic, payload,
-			error, error_class, attempts, status, blocked_by, first_failed_at, last_failed_at)
-			VALUES ($1, 'v1', $2, 'payouts', '\x00', 'boom', 'transient', 1, $3, $4, now(), now()) RETURNING id`,
-			r.consumer, r.event, r.status, blockedBy).Scan(&head); err != nil {
-			t.Fatal(err)
-		}
+		head = testenv.InsertInboxDeadLetter(t, db.Pool, r.consumer, r.event, "payouts", r.status, blockedBy)
 	}
 	open := map[string]map[string]bool{
 		"billing":   {"parked": true, "blocked": true, "dropped": true},

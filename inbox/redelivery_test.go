@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outboxkit/outboxkit/inbox"
+	"github.com/outboxkit/outboxkit/internal/testenv"
 )
 
 // smallPool is a pool of n connections on b's database, closed at cleanup.
@@ -245,11 +246,7 @@ func TestHandleBatchSeesOnlyThisConsumersOpenDeadLetters(t *testing.T) {
 	ctx := context.Background()
 	dl := func(consumer string, id *uuid.UUID, status string) {
 		t.Helper()
-		if _, err := b.db.Pool.Exec(ctx, `INSERT INTO inbox.dead_letters (consumer, consumer_version, event_id, topic, payload,
-			error, error_class, attempts, status, first_failed_at, last_failed_at)
-			VALUES ($1, 'v1', $2, 'payments', '\x00', 'boom', 'permanent', 1, $3, now(), now())`, consumer, id, status); err != nil {
-			t.Fatal(err)
-		}
+		testenv.InsertInboxDeadLetter(t, b.db.Pool, consumer, id, "payments", status, nil)
 	}
 	a1, mine, theirs, a2, dropped, closed, kl := event("acct", 1), event("", 0), event("", 0), event("acct", 2),
 		event("", 0), event("", 0), event("", 0)

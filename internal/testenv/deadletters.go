@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
@@ -99,4 +101,20 @@ func (r *RabbitDLQ) Take(t testing.TB) amqp.Delivery {
 		t.Fatalf("testenv: no message in %s: %v", r.Work, err)
 	}
 	return d
+}
+
+// InsertInboxDeadLetter writes a bare row into inbox.dead_letters: the dead
+// letter of consumer for event (nil: a malformed delivery's, without an
+// id) on topic, with status and blockedBy, and returns its id. For tests of
+// what the inbox reads of dead letters; the error and payload are fixed.
+func InsertInboxDeadLetter(t testing.TB, pool *pgxpool.Pool, consumer string, event *uuid.UUID, topic, status string, blockedBy *int64) int64 {
+	t.Helper()
+	var id int64
+	if err := pool.QueryRow(context.Background(), `INSERT INTO inbox.dead_letters (consumer, consumer_version, event_id, topic, payload,
+    error, error_class, attempts, status, blocked_by, first_failed_at, last_failed_at)
+VALUES ($1, 'v1', $2, $3, '\x00', 'boom', 'permanent', 1, $4, $5, now(), now()) RETURNING id`,
+		consumer, event, topic, status, blockedBy).Scan(&id); err != nil {
+		t.Fatalf("testenv: dead letter of %s: %v", consumer, err)
+	}
+	return id
 }
