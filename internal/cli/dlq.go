@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/user"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -127,11 +128,24 @@ func parseWhen(s string, now time.Time) (time.Time, error) {
 		return now.Add(-d), nil
 	}
 	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04", "2006-01-02 15:04", "2006-01-02"} {
-		if t, err := time.ParseInLocation(layout, s, time.Local); err == nil {
+		if t, err := time.ParseInLocation(layout, s, time.Local); err == nil && validOffset(s, layout) {
 			return t, nil
 		}
 	}
 	return time.Time{}, fmt.Errorf("%q: use RFC 3339 (2026-11-23T10:00:00Z), a date (2026-11-23) or a duration ago (2h)", s)
+}
+
+// validOffset reports whether an RFC 3339 time's zone offset is one RFC 3339
+// allows (hours 00-23, minutes 00-59). Go's parser takes "+24:60" as a zone
+// 25 hours east, a time that no longer prints as what was meant.
+func validOffset(s, layout string) bool {
+	if layout != time.RFC3339Nano || strings.HasSuffix(s, "Z") || strings.HasSuffix(s, "z") || len(s) < 6 {
+		return true
+	}
+	off := s[len(s)-6:]
+	hh, err1 := strconv.Atoi(off[1:3])
+	mm, err2 := strconv.Atoi(off[4:6])
+	return err1 == nil && err2 == nil && hh < 24 && mm < 60
 }
 
 func (o *opsFlags) resolveFilter(now time.Time) (ops.Filter, error) {

@@ -140,7 +140,7 @@ func TestParseWhen(t *testing.T) {
 	if got, _ := parseWhen("2026-11-23T10:00:00Z", now); !got.Equal(time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)) {
 		t.Errorf("rfc3339: %v", got)
 	}
-	for _, bad := range []string{"yesterday", "-2h", "2026-13-01"} {
+	for _, bad := range []string{"yesterday", "-2h", "2026-13-01", "2026-11-23T10:00:00+24:00", "2026-11-23T10:00:00+05:60"} {
 		if _, err := parseWhen(bad, now); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
